@@ -1,0 +1,77 @@
+"""A real uvicorn server per test, in its own thread, on an ephemeral loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.types import ASGIApp
+
+from asgi_app import Settings, create_app
+
+STARTUP_TIMEOUT = 10.0  # seconds to wait for server.started before giving up
+
+
+@contextlib.contextmanager
+def running_server(app: ASGIApp) -> Iterator[str]:
+    """Serves ``app`` until the block ends; yields its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=STARTUP_TIMEOUT)
+        assert not thread.is_alive(), "the test server did not shut down"
+
+
+ServeFn = Callable[..., str]
+
+
+@pytest.fixture
+def serve() -> Iterator[ServeFn]:
+    """``serve(thread_tokens=2)`` starts the app with those settings; ``serve(app=...)`` any app."""
+    with contextlib.ExitStack() as stack:
+
+        def start(app: ASGIApp | None = None, **settings: Any) -> str:
+            return stack.enter_context(running_server(app or create_app(Settings(**settings))))
+
+        yield start
+
+
+@pytest.fixture
+def base_url(serve: ServeFn) -> str:
+    return serve()
+
+
+@contextlib.asynccontextmanager
+async def open_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    # No pool limit and a long timeout: the client must never be what serializes requests.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with open_client(base_url) as client:
+        yield client
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,44 @@
+"""Every bad ?delay= is a 400 with a JSON detail that names the problem."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import ServeFn
+
+pytestmark = pytest.mark.anyio
+
+BAD_DELAYS = ["abc", "", "-1", "-0.001", "nan", "inf", "-inf", "10.001", "1e309", "0x10", "1,5"]
+
+
+@pytest.mark.parametrize("route", ["/ping/blocking", "/ping/async", "/ping/thread"])
+@pytest.mark.parametrize("delay", BAD_DELAYS)
+async def test_bad_delay_is_a_400_json_error(client: httpx.AsyncClient, route: str, delay: str) -> None:
+    response = await client.get(route, params={"delay": delay})
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert "delay" in detail and repr(delay) in detail
+
+
+@pytest.mark.parametrize("route", ["/ping/blocking", "/ping/async", "/ping/thread"])
+async def test_repeated_delay_is_a_400_json_error(client: httpx.AsyncClient, route: str) -> None:
+    response = await client.get(f"{route}?delay=0&delay=0")
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": "delay given 2 times; give it once"}
+
+
+async def test_max_delay_is_a_setting(serve: ServeFn) -> None:
+    async with httpx.AsyncClient(base_url=serve(max_delay=0.5)) as client:
+        too_long = await client.get("/ping/async?delay=0.6")
+        at_limit = await client.get("/ping/async?delay=0.5")
+    assert too_long.status_code == 400
+    assert "between 0 and 0.5 seconds" in too_long.json()["detail"]
+    assert at_limit.status_code == 200, at_limit.text
+
+
+@pytest.mark.parametrize("delay", ["0", "0.0", "1e-3", " 0.01 "])
+async def test_edge_delays_are_accepted(client: httpx.AsyncClient, delay: str) -> None:
+    response = await client.get("/ping/async", params={"delay": delay})
+    assert response.status_code == 200, response.text
+    assert response.json()["delay"] == float(delay)

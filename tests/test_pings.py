@@ -1,0 +1,118 @@
+"""The three ping routes: what blocks the event loop, what yields it, what uses threads."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from tests.conftest import ServeFn, open_client
+from tests.helpers import get_all, json_records, peak_in_flight, start_end_order
+
+pytestmark = pytest.mark.anyio
+
+DELAY = 0.3
+
+
+async def test_time_sleep_in_async_def_serializes_requests(client: httpx.AsyncClient) -> None:
+    responses, elapsed = await get_all(client, [f"/ping/blocking?delay={DELAY}"] * 3)
+    records = json_records(responses)
+    assert peak_in_flight(records) == 1
+    assert start_end_order(records) == "SESESE"
+    assert all(r["on_event_loop"] for r in records)
+    assert elapsed / DELAY > 2.5  # three delays back to back
+
+
+async def test_await_in_async_def_overlaps_requests(client: httpx.AsyncClient) -> None:
+    responses, elapsed = await get_all(client, [f"/ping/async?delay={DELAY}"] * 10)
+    records = json_records(responses)
+    assert peak_in_flight(records) == 10
+    assert start_end_order(records) == "S" * 10 + "E" * 10
+    assert all(r["on_event_loop"] for r in records)
+    assert elapsed / DELAY < 3  # ten delays side by side, not 10 x
+
+
+async def test_def_endpoint_runs_in_thread_pool_and_overlaps(client: httpx.AsyncClient) -> None:
+    responses, elapsed = await get_all(client, [f"/ping/thread?delay={DELAY}"] * 10)
+    records = json_records(responses)
+    assert peak_in_flight(records) == 10
+    assert not any(r["on_event_loop"] for r in records)
+    assert len({r["thread_id"] for r in records}) == 10
+    assert elapsed / DELAY < 3
+
+
+async def test_def_endpoint_queues_in_waves_beyond_thread_limit(serve: ServeFn) -> None:
+    async with open_client(serve(thread_tokens=2)) as client:
+        health = (await client.get("/healthz")).json()
+        assert health["thread_pool"] == {"borrowed": 0, "total": 2}
+        responses, elapsed = await get_all(client, [f"/ping/thread?delay={DELAY}"] * 6)
+    records = sorted(json_records(responses), key=lambda r: r["started"])
+    assert peak_in_flight(records) == 2
+    # Six calls through two tokens: three waves, each wave starts after the one before ends.
+    for wave in (1, 2):
+        first_end_before = min(r["finished"] for r in records[2 * (wave - 1) : 2 * wave])
+        assert all(r["started"] >= first_end_before for r in records[2 * wave : 2 * wave + 2])
+    assert 2.5 < elapsed / DELAY < 6
+
+
+async def wait_for_console_line(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    seen = ""
+    with anyio.fail_after(10):
+        while text not in seen:
+            seen += capsys.readouterr().out
+            await anyio.sleep(0.005)
+
+
+async def instant_ping_during(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str], slow_route: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sends ``/ping/async?delay=0`` once the server has printed that ``slow_route`` started."""
+    slow: list[httpx.Response] = []
+
+    async def send_slow() -> None:
+        slow.append(await client.get(f"{slow_route}?delay=1"))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(send_slow)
+        await wait_for_console_line(capsys, f"start {slow_route}")
+        instant = await client.get("/ping/async?delay=0")
+    return json_records(slow)[0], json_records([instant])[0]
+
+
+async def test_instant_async_ping_waits_for_a_blocking_ping(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocking, instant = await instant_ping_during(client, capsys, "/ping/blocking")
+    assert instant["started"] >= blocking["finished"]
+
+
+async def test_instant_async_ping_need_not_wait_for_a_thread_ping(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    threaded, instant = await instant_ping_during(client, capsys, "/ping/thread")
+    assert instant["finished"] < threaded["finished"]
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [("/ping/blocking", "start,end,start,end"), ("/ping/async", "start,start,end,end"), ("/ping/thread", "start,start,end,end")],
+)
+async def test_console_shows_start_and_end_lines_in_order(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str], route: str, expected: str
+) -> None:
+    capsys.readouterr()
+    responses, _ = await get_all(client, [f"{route}?delay={DELAY}"] * 2)
+    json_records(responses)
+    lines = [line.split()[0] for line in capsys.readouterr().out.splitlines() if route in line]
+    assert ",".join(lines) == expected
+
+
+async def test_delay_defaults_to_one_second(client: httpx.AsyncClient) -> None:
+    began = time.perf_counter()
+    response = await client.get("/ping/async")
+    assert response.status_code == 200, response.text
+    assert response.json()["delay"] == 1.0
+    assert time.perf_counter() - began >= 1.0
