@@ -3,8 +3,10 @@
 One event loop runs every ``async def`` endpoint. An endpoint that blocks
 (``time.sleep``, a sync HTTP client, a long computation) stops that loop, so
 every other request waits. Awaiting yields the loop; a plain ``def`` endpoint
-is sent to AnyIO's thread pool. Each route below shows one of these choices,
-and ``TimingMiddleware`` times every response without ``BaseHTTPMiddleware``.
+is sent to AnyIO's thread pool. Each route below shows one of these choices;
+the universities routes do the same with calls to another service (see
+``universities.py``), and ``TimingMiddleware`` times every response without
+``BaseHTTPMiddleware``.
 
 Run it with ``uvicorn asgi_app:app``; ``GET /`` lists the routes.
 """
@@ -18,19 +20,32 @@ import math
 import os
 import threading
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.to_thread
+import httpx
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from universities import (
+    DEFAULT_COUNTRIES,
+    CountryResult,
+    StandInUpstream,
+    Upstream,
+    UpstreamError,
+    fetch_all_async,
+    fetch_all_sync,
+    load_records,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +54,13 @@ class Settings:
 
     max_delay: float = 10.0  # APP_MAX_DELAY: largest ?delay= a ping accepts, seconds
     thread_tokens: int = 40  # APP_THREAD_TOKENS: AnyIO thread pool size (AnyIO's default)
+    upstream_url: str = ""  # APP_UPSTREAM_URL: universities API base URL; empty = the stand-in in this app
+    upstream_latency: float = 0.5  # APP_UPSTREAM_LATENCY: seconds the stand-in takes per search
+    upstream_timeout: float = 5.0  # APP_UPSTREAM_TIMEOUT: seconds for one whole upstream call
+    upstream_max_bytes: int = 5_000_000  # APP_UPSTREAM_MAX_BYTES: largest upstream body accepted
+    max_concurrency: int = 10  # APP_MAX_CONCURRENCY: upstream calls in flight per async request
+    max_countries: int = 20  # APP_MAX_COUNTRIES: distinct countries per request
+    max_country_length: int = 100  # APP_MAX_COUNTRY_LENGTH: characters in one country name
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -54,6 +76,13 @@ class Settings:
         return cls(
             max_delay=read("APP_MAX_DELAY", float, cls.max_delay),
             thread_tokens=read("APP_THREAD_TOKENS", int, cls.thread_tokens),
+            upstream_url=read("APP_UPSTREAM_URL", str, cls.upstream_url),
+            upstream_latency=read("APP_UPSTREAM_LATENCY", float, cls.upstream_latency),
+            upstream_timeout=read("APP_UPSTREAM_TIMEOUT", float, cls.upstream_timeout),
+            upstream_max_bytes=read("APP_UPSTREAM_MAX_BYTES", int, cls.upstream_max_bytes),
+            max_concurrency=read("APP_MAX_CONCURRENCY", int, cls.max_concurrency),
+            max_countries=read("APP_MAX_COUNTRIES", int, cls.max_countries),
+            max_country_length=read("APP_MAX_COUNTRY_LENGTH", int, cls.max_country_length),
         )
 
 
@@ -164,12 +193,88 @@ def ping_thread(request: Request) -> JSONResponse:
     return JSONResponse(record)
 
 
+# -------------------------------------------------------------- universities
+
+
+def read_countries(request: Request) -> list[str]:
+    """Distinct ``?country=`` values in order (case-insensitively), or the articles' three."""
+    settings: Settings = request.app.state.settings
+    countries: dict[str, str] = {}
+    for raw in request.query_params.getlist("country"):
+        country = raw.strip()
+        if not country or len(country) > settings.max_country_length:
+            raise HTTPException(400, f"country must be 1 to {settings.max_country_length} characters, got {raw!r}")
+        if any(unicodedata.category(char) == "Cc" for char in country):
+            raise HTTPException(400, f"country must not contain control characters, got {raw!r}")
+        countries.setdefault(country.casefold(), country)
+    if len(countries) > settings.max_countries:
+        raise HTTPException(400, f"at most {settings.max_countries} countries per request, got {len(countries)}")
+    return list(countries.values()) or list(DEFAULT_COUNTRIES)
+
+
+def read_max_concurrency(request: Request) -> int:
+    ceiling = request.app.state.settings.max_concurrency
+    values = request.query_params.getlist("max_concurrency")
+    if not values:
+        return ceiling
+    if len(values) > 1 or not (values[0].isascii() and values[0].isdigit()) or not 1 <= int(values[0]) <= ceiling:
+        raise HTTPException(400, f"max_concurrency must be one whole number from 1 to {ceiling}, got {values}")
+    return int(values[0])
+
+
+def upstream_for(request: Request) -> Upstream:
+    settings: Settings = request.app.state.settings
+    base = settings.upstream_url.rstrip("/")
+    if not base:
+        # The stand-in is mounted in this very server: call the address this
+        # connection arrived on (its socket), never one named by a request header.
+        if request.scope.get("server") is None:  # e.g. uvicorn --uds
+            raise HTTPException(502, "no TCP address to reach the stand-in upstream on; set APP_UPSTREAM_URL")
+        host, port = request.scope["server"]
+        base = f"http://[{host}]:{port}/upstream" if ":" in host else f"http://{host}:{port}/upstream"
+    return Upstream(
+        search_url=f"{base}/search", timeout=settings.upstream_timeout, max_bytes=settings.upstream_max_bytes
+    )
+
+
+def universities_json(route: str, results: list[CountryResult], began: float, **extra: Any) -> JSONResponse:
+    return JSONResponse(
+        {
+            "route": route,
+            **extra,
+            "elapsed": round(time.perf_counter() - began, 4),
+            "calls": [result.call_json() for result in results],
+            "universities": {r.country: [u.to_json() for u in r.universities] for r in results},
+        }
+    )
+
+
+def universities_sync(request: Request) -> JSONResponse:
+    # A plain def, so it runs in a worker thread: the blocking client below
+    # holds that thread, not the event loop, for the whole loop of calls.
+    began = time.perf_counter()
+    countries, upstream = read_countries(request), upstream_for(request)
+    results = fetch_all_sync(request.state.sync_client, upstream, countries)  # one call after another
+    return universities_json("/universities/sync", results, began)
+
+
+async def universities_async(request: Request) -> JSONResponse:
+    began = time.perf_counter()
+    countries, upstream = read_countries(request), upstream_for(request)
+    limit = read_max_concurrency(request)
+    results = await fetch_all_async(request.state.client, upstream, countries, max_concurrency=limit)  # all at once
+    return universities_json("/universities/async", results, began, max_concurrency=limit)
+
+
 # ----------------------------------------------------------- index, health
 
 ROUTE_GUIDE: dict[str, tuple[str, str]] = {
     "/ping/blocking": ("async def + time.sleep: blocks the event loop, calls run one after another", "?delay=1"),
     "/ping/async": ("async def + await anyio.sleep: yields the loop, calls overlap", "?delay=1"),
     "/ping/thread": ("plain def + time.sleep: runs in the AnyIO thread pool, overlaps up to its size", "?delay=1"),
+    "/universities/sync": ("plain def + httpx.Client: one upstream call per country, one after another", "?country=turkey&country=india"),
+    "/universities/async": ("async def + shared httpx.AsyncClient: all countries at once, bounded", "?country=turkey&country=india"),
+    "/upstream/search": ("the offline stand-in for the public universities API", "?country=turkey"),
     "/healthz": ("liveness and thread-pool use (tokens borrowed / total)", ""),
 }
 
@@ -198,6 +303,11 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+async def upstream_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UpstreamError)
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+
 async def server_error(request: Request, exc: Exception) -> JSONResponse:
     # The traceback goes to the server log (uvicorn prints it), never to the client.
     # Starlette re-raises after this answer and uvicorn then drops the connection,
@@ -210,7 +320,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     # The default limiter belongs to the running event loop, so size it here, not at import.
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.thread_tokens
-    yield {}
+    # One client of each kind per process, shared by every request. trust_env=False:
+    # proxy variables must not reroute the calls to the stand-in on loopback.
+    timeout, limits = httpx.Timeout(settings.upstream_timeout), httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+        with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
+            yield {"client": client, "sync_client": sync_client}
 
 
 def create_app(settings: Settings) -> ASGIApp:
@@ -219,11 +334,14 @@ def create_app(settings: Settings) -> ASGIApp:
         Route("/ping/blocking", ping_blocking),
         Route("/ping/async", ping_async),
         Route("/ping/thread", ping_thread),
+        Route("/universities/sync", universities_sync),
+        Route("/universities/async", universities_async),
+        Mount("/upstream", routes=StandInUpstream(load_records(), latency=settings.upstream_latency).routes()),
         Route("/healthz", healthz),
     ]
     starlette_app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={HTTPException: http_error, UpstreamError: upstream_error, Exception: server_error},
         lifespan=lifespan,
     )
     starlette_app.state.settings = settings

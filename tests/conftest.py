@@ -19,9 +19,11 @@ STARTUP_TIMEOUT = 10.0  # seconds to wait for server.started before giving up
 
 
 @contextlib.contextmanager
-def running_server(app: ASGIApp) -> Iterator[str]:
+def running_server(app: ASGIApp, *, lifespan: str = "on") -> Iterator[str]:
     """Serves ``app`` until the block ends; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)
     thread.start()
