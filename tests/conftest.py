@@ -22,7 +22,7 @@ STARTUP_TIMEOUT = 10.0  # seconds to wait for server.started before giving up
 def running_server(app: ASGIApp, *, lifespan: str = "on") -> Iterator[str]:
     """Serves ``app`` until the block ends; yields its base URL."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=5
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)
@@ -55,9 +55,11 @@ def serve() -> Iterator[ServeFn]:
         yield start
 
 
-@pytest.fixture
-def base_url(serve: ServeFn) -> str:
-    return serve()
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    """The app with default settings, shared by a module's tests that change no state."""
+    with running_server(create_app(Settings())) as base:
+        yield base
 
 
 @contextlib.asynccontextmanager

@@ -42,3 +42,34 @@ async def test_edge_delays_are_accepted(client: httpx.AsyncClient, delay: str) -
     response = await client.get("/ping/async", params={"delay": delay})
     assert response.status_code == 200, response.text
     assert response.json()["delay"] == float(delay)
+
+
+BAD_COUNTRY_QUERIES = {
+    "empty": ("country=", "country must be 1 to 100 characters"),
+    "blank": ("country=%20%20", "country must be 1 to 100 characters"),
+    "overlong": ("country=" + "x" * 101, "country must be 1 to 100 characters"),
+    "control": ("country=tur%00key", "control characters"),
+    "newline": ("country=turkey%0Aindia", "control characters"),
+    "too many": ("&".join(f"country=c{i}" for i in range(21)), "at most 20 countries per request, got 21"),
+    "bound zero": ("max_concurrency=0", "max_concurrency must be one whole number from 1 to 10"),
+    "bound too high": ("max_concurrency=11", "max_concurrency must be one whole number from 1 to 10"),
+    "bound text": ("max_concurrency=two", "max_concurrency must be one whole number from 1 to 10"),
+    "bound superscript": ("max_concurrency=%C2%B2", "max_concurrency must be one whole number from 1 to 10"),
+    "bound twice": ("max_concurrency=1&max_concurrency=2", "max_concurrency must be one whole number from 1 to 10"),
+}
+
+
+@pytest.mark.parametrize(("query", "message"), BAD_COUNTRY_QUERIES.values(), ids=BAD_COUNTRY_QUERIES.keys())
+async def test_bad_universities_query_is_a_400_json_error(client: httpx.AsyncClient, query: str, message: str) -> None:
+    route = "/universities/async" if "max_concurrency" in query else "/universities/sync"
+    response = await client.get(f"{route}?{query}")
+    assert response.status_code == 400, response.text
+    assert message in response.json()["detail"]
+
+
+async def test_twenty_distinct_countries_are_accepted(serve: ServeFn) -> None:
+    async with httpx.AsyncClient(base_url=serve(upstream_latency=0), timeout=30) as client:
+        query = "&".join(f"country=c{i % 20}" for i in range(40))  # 40 given, 20 distinct
+        response = await client.get(f"/universities/async?{query}")
+    assert response.status_code == 200, response.text
+    assert len(response.json()["calls"]) == 20

@@ -1,0 +1,147 @@
+"""Universities fan-out: sequential calls add up, concurrent calls overlap within a bound."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from typing import Any
+
+import httpx
+import pytest
+
+from asgi_app import Settings, create_app
+from tests.conftest import ServeFn, open_client, running_server
+from tests.faulty_upstream import faulty_upstream
+from tests.helpers import peak_in_flight, start_end_order
+
+pytestmark = pytest.mark.anyio
+
+LATENCY = 0.3
+TWELVE = ["turkey", "india", "australia", "germany", "france", "japan", "canada", "brazil", "italy", "spain",
+          "netherlands", "new zealand"]  # fmt: skip
+
+
+def call_intervals(body: dict[str, Any]) -> list[dict[str, float]]:
+    return [{"started": c["started"], "finished": c["started"] + c["duration"]} for c in body["calls"]]
+
+
+async def get_ok(client: httpx.AsyncClient, url: str, **kwargs: Any) -> dict[str, Any]:
+    response = await client.get(url, **kwargs)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_sync_route_takes_the_sum_async_route_the_slowest(serve: ServeFn) -> None:
+    async with open_client(serve(upstream_latency=LATENCY)) as client:
+        sync = await get_ok(client, "/universities/sync")
+        concurrent = await get_ok(client, "/universities/async")
+    for body in (sync, concurrent):
+        assert [c["country"] for c in body["calls"]] == ["turkey", "india", "australia"]
+        assert all(c["count"] >= 5 for c in body["calls"])
+        assert set(body["universities"]) == {"turkey", "india", "australia"}
+    assert start_end_order(call_intervals(sync)) == "SESESE"
+    assert peak_in_flight(call_intervals(concurrent)) == 3
+    assert sync["elapsed"] / LATENCY > 2.5  # ideal 3: the sum of three calls
+    assert concurrent["elapsed"] / LATENCY < 2  # ideal 1: the slowest call
+    assert sync["elapsed"] / concurrent["elapsed"] > 2
+
+
+async def test_records_have_the_public_api_schema(client: httpx.AsyncClient) -> None:
+    body = await get_ok(client, "/universities/async", params={"country": "India"})
+    records = body["universities"]["India"]
+    keys = {"name", "country", "alpha_two_code", "state-province", "domains", "web_pages"}
+    assert records and all(set(r) == keys and r["country"] == "India" for r in records)
+    direct = await get_ok(client, "/upstream/search", params={"country": "INDIA"})
+    assert direct == records
+
+
+@pytest.mark.parametrize(("countries", "bound", "waves"), [(6, 2, 3), (12, 10, 2)])
+async def test_async_fanout_never_exceeds_its_bound(serve: ServeFn, countries: int, bound: int, waves: int) -> None:
+    async with open_client(serve(upstream_latency=LATENCY)) as client:
+        body = await get_ok(
+            client, "/universities/async", params={"country": TWELVE[:countries], "max_concurrency": bound}
+        )
+        stats = await get_ok(client, "/upstream/stats")
+    assert body["max_concurrency"] == bound
+    assert stats["peak_in_flight"] == bound
+    assert stats["served"] == countries
+    assert peak_in_flight(call_intervals(body)) == bound
+    assert waves - 0.5 < body["elapsed"] / LATENCY < waves + 2
+
+
+async def test_default_bound_is_the_setting(serve: ServeFn) -> None:
+    async with open_client(serve(upstream_latency=0.1, max_concurrency=4)) as client:
+        body = await get_ok(client, "/universities/async", params={"country": TWELVE[:8]})
+        stats = await get_ok(client, "/upstream/stats")
+        too_high = await client.get("/universities/async", params={"max_concurrency": 5})
+    assert body["max_concurrency"] == 4
+    assert stats["peak_in_flight"] == 4
+    assert too_high.status_code == 400, too_high.text
+
+
+async def test_duplicate_countries_are_fetched_once(serve: ServeFn) -> None:
+    async with open_client(serve(upstream_latency=0)) as client:
+        query = "country=Turkey&country=turkey&country=TURKEY&country=india"
+        body = await get_ok(client, f"/universities/sync?{query}")
+        stats = await get_ok(client, "/upstream/stats")
+    assert [c["country"] for c in body["calls"]] == ["Turkey", "india"]
+    assert stats["served"] == 2
+
+
+@pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
+async def test_unknown_country_is_an_empty_list(serve: ServeFn, route: str) -> None:
+    async with open_client(serve(upstream_latency=0)) as client:
+        body = await get_ok(client, route, params={"country": "Atlantis"})
+    assert body["universities"] == {"Atlantis": []}
+
+
+async def test_stand_in_matches_country_whole_and_name_in_part(serve: ServeFn) -> None:
+    async with open_client(serve(upstream_latency=0)) as client:
+        swiss = await get_ok(client, "/upstream/search", params={"country": "switzerland"})
+        partial = await get_ok(client, "/upstream/search", params={"country": "switz"})
+        technical = await get_ok(client, "/upstream/search", params={"country": "Turkey", "name": "TECHN"})
+    assert len(swiss) >= 5 and partial == []
+    assert technical and all("techn" in r["name"].lower() and r["country"] == "Turkey" for r in technical)
+
+
+ODD_NAMES = ["Bosnia and Herzegovina", "Trinidad & Tobago", "C#", "why?", "a/b", "Türkiye", "日本", "100%25"]
+
+
+@pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
+async def test_country_names_arrive_upstream_intact(serve: ServeFn, route: str) -> None:
+    with running_server(faulty_upstream, lifespan="off") as upstream:
+        async with open_client(serve(upstream_url=f"{upstream}/echo")) as client:
+            body = await get_ok(client, route, params={"country": ODD_NAMES})
+    echoed = {country: records[0]["country"] for country, records in body["universities"].items()}
+    assert echoed == {name: name for name in ODD_NAMES}
+
+
+async def test_duplicate_records_from_upstream_are_dropped(serve: ServeFn) -> None:
+    with running_server(faulty_upstream, lifespan="off") as upstream:
+        async with open_client(serve(upstream_url=f"{upstream}/duplicates")) as client:
+            body = await get_ok(client, "/universities/async", params={"country": "x"})
+    assert len(body["universities"]["x"]) == 1
+
+
+async def test_forged_host_header_does_not_redirect_the_upstream_call(serve: ServeFn) -> None:
+    with running_server(faulty_upstream, lifespan="off") as elsewhere:
+        async with open_client(serve(upstream_latency=0)) as client:
+            for route in ("/universities/sync", "/universities/async"):
+                headers = {"Host": elsewhere.removeprefix("http://")}  # a server that would echo
+                body = await get_ok(client, route, params={"country": "japan"}, headers=headers)
+                assert "University of Tokyo" in {r["name"] for r in body["universities"]["japan"]}
+            stats = await get_ok(client, "/upstream/stats")
+    assert stats["served"] == 2  # both calls reached the stand-in in this server
+
+
+def test_shutdown_closes_the_shared_clients() -> None:
+    app = create_app(Settings(upstream_latency=0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with running_server(app) as base:
+            for route in ("/universities/sync", "/universities/async"):
+                response = httpx.get(f"{base}{route}", params={"country": "spain"}, timeout=30)
+                assert response.status_code == 200, response.text
+        del app
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []

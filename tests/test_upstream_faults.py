@@ -1,0 +1,75 @@
+"""Every way an upstream can fail becomes a 502 or 504 JSON error, and the server carries on."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import ServeFn, open_client, running_server
+from tests.faulty_upstream import faulty_upstream
+
+pytestmark = pytest.mark.anyio
+
+FAULTS = [
+    ("error", 502, "upstream answered 503"),
+    ("badjson", 502, "invalid response"),
+    ("notutf8", 502, "invalid response"),
+    ("schema", 502, "'domains' must be a list of strings"),
+    ("notalist", 502, "expected a JSON array"),
+    ("huge", 502, "body larger than 100000 bytes"),
+    ("endless", 502, "body larger than 100000 bytes"),
+    ("reset", 502, "RemoteProtocolError"),
+    ("hang", 504, "no answer within 1 s"),
+    ("trickle", 504, "no answer within 1 s"),
+]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    with running_server(faulty_upstream, lifespan="off") as base:
+        yield base
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def assert_fault_maps_to(serve: ServeFn, upstream_url: str, status: int, cause: str, route: str) -> None:
+    base = serve(upstream_url=upstream_url, upstream_timeout=1.0, upstream_max_bytes=100_000)
+    async with open_client(base) as client:
+        response = await client.get(route, params={"country": ["narnia"]})
+        assert response.status_code == status, response.text
+        detail = response.json()["detail"]
+        assert "'narnia'" in detail and cause in detail
+        # The server carries on, with no thread still held by the failed call.
+        assert (await client.get("/ping/async?delay=0")).status_code == 200
+        health = (await client.get("/healthz")).json()
+    assert health["thread_pool"]["borrowed"] == 0
+
+
+@pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
+@pytest.mark.parametrize(("fault", "status", "cause"), FAULTS, ids=[f[0] for f in FAULTS])
+async def test_upstream_fault_is_a_clean_gateway_error(
+    serve: ServeFn, upstream: str, route: str, fault: str, status: int, cause: str
+) -> None:
+    await assert_fault_maps_to(serve, f"{upstream}/{fault}", status, cause, route)
+
+
+@pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
+async def test_refused_connection_is_a_502(serve: ServeFn, route: str) -> None:
+    await assert_fault_maps_to(serve, f"http://127.0.0.1:{unused_port()}", 502, "ConnectError", route)
+
+
+async def test_one_failed_call_cancels_the_rest_of_the_fanout(serve: ServeFn, upstream: str) -> None:
+    # Two calls take 5 s, one fails at once. The task group cancels the slow
+    # two instead of waiting for them: the 502 arrives long before 5 s.
+    base = serve(upstream_url=f"{upstream}/mixed", upstream_timeout=10.0)
+    async with open_client(base) as client:
+        response = await client.get("/universities/async", params={"country": ["slow", "fail", "slower"]})
+    assert response.status_code == 502, response.text
+    assert "'fail'" in response.json()["detail"]
+    assert response.elapsed.total_seconds() < 2.5  # half the slow calls' 5 s
