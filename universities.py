@@ -97,13 +97,14 @@ class CountryResult:
     country: str
     universities: list[University]
     started: float  # seconds after the fan-out began
-    duration: float  # seconds this one call took
+    finished: float
 
     def call_json(self) -> dict[str, Any]:
         return {
             "country": self.country,
             "started": round(self.started, 4),
-            "duration": round(self.duration, 4),
+            "finished": round(self.finished, 4),
+            "duration": round(self.finished - self.started, 4),
             "count": len(self.universities),
         }
 
@@ -178,9 +179,9 @@ def fetch_all_sync(client: httpx.Client, upstream: Upstream, countries: Sequence
     began = time.perf_counter()
     results = []
     for country in countries:
-        started = time.perf_counter()
+        started = time.perf_counter() - began
         universities = fetch_country_sync(client, upstream, country)  # the next call waits for this one
-        results.append(CountryResult(country, universities, started - began, time.perf_counter() - started))
+        results.append(CountryResult(country, universities, started, time.perf_counter() - began))
     return results
 
 
@@ -198,9 +199,9 @@ async def fetch_all_async(
 
     async def fetch(country: str) -> None:
         async with limiter:  # waits here while max_concurrency calls are in flight
-            started = time.perf_counter()
+            started = time.perf_counter() - began
             universities = await fetch_country_async(client, upstream, country)  # yields the loop while waiting
-            results[country] = CountryResult(country, universities, started - began, time.perf_counter() - started)
+            results[country] = CountryResult(country, universities, started, time.perf_counter() - began)
 
     try:
         async with anyio.create_task_group() as group:
