@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.to_process
 import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
@@ -61,6 +62,8 @@ class Settings:
     max_concurrency: int = 10  # APP_MAX_CONCURRENCY: upstream calls in flight per async request
     max_countries: int = 20  # APP_MAX_COUNTRIES: distinct countries per request
     max_country_length: int = 100  # APP_MAX_COUNTRY_LENGTH: characters in one country name
+    max_cpu_n: int = 100_000_000  # APP_MAX_CPU_N: largest ?n= a /cpu route accepts (about 10 s)
+    process_workers: int = os.cpu_count() or 2  # APP_PROCESS_WORKERS: /cpu/process calls at once
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -83,6 +86,8 @@ class Settings:
             max_concurrency=read("APP_MAX_CONCURRENCY", int, cls.max_concurrency),
             max_countries=read("APP_MAX_COUNTRIES", int, cls.max_countries),
             max_country_length=read("APP_MAX_COUNTRY_LENGTH", int, cls.max_country_length),
+            max_cpu_n=read("APP_MAX_CPU_N", int, cls.max_cpu_n),
+            process_workers=read("APP_PROCESS_WORKERS", int, cls.process_workers),
         )
 
 
@@ -120,50 +125,53 @@ class TimingMiddleware:
         await self.app(scope, receive, send_with_timing)
 
 
-# --------------------------------------------------------------------- pings
+# ------------------------------------------------------------- pings, cpu
 
 REQUEST_NUMBERS = itertools.count(1)
 
 
-def read_delay(request: Request) -> float:
-    """The ``?delay=`` seconds: one finite number from 0 to the configured maximum."""
-    max_delay = request.app.state.settings.max_delay
-    values = request.query_params.getlist("delay")
+def read_number(
+    request: Request, name: str, *, kind: type[int | float], default: float, high: float, unit: str = ""
+) -> Any:
+    """One ``?name=`` value from 0 (1 for whole numbers) to ``high``; anything else is a 400."""
+    values = request.query_params.getlist(name)
     if not values:
-        return 1.0
+        return default
     if len(values) > 1:
-        raise HTTPException(400, f"delay given {len(values)} times; give it once")
+        raise HTTPException(400, f"{name} given {len(values)} times; give it once")
+    noun, low = ("number", 0) if kind is float else ("whole number", 1)
     try:
-        delay = float(values[0])
+        value = kind(values[0])
     except ValueError:
-        raise HTTPException(400, f"delay must be a number of seconds, got {values[0]!r}") from None
-    if not math.isfinite(delay) or not 0 <= delay <= max_delay:
-        raise HTTPException(400, f"delay must be between 0 and {max_delay:g} seconds, got {values[0]!r}")
-    return delay
+        raise HTTPException(400, f"{name} must be a {noun}{' of ' + unit if unit else ''}, got {values[0]!r}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise HTTPException(400, f"{name} must be between {low} and {high:g}{' ' + unit if unit else ''}, got {values[0]!r}")
+    return value
 
 
-def on_event_loop_thread() -> bool:
+def read_delay(request: Request) -> float:
+    max_delay = request.app.state.settings.max_delay
+    return read_number(request, "delay", kind=float, default=1.0, high=max_delay, unit="seconds")
+
+
+def where_am_i() -> dict[str, Any]:
+    """The process and thread running this line, and whether an event loop runs in that thread."""
+    thread = threading.current_thread()
     try:
         asyncio.get_running_loop()
+        on_event_loop = True
     except RuntimeError:
-        return False  # a worker thread: no event loop runs here
-    return True
+        on_event_loop = False  # a worker thread or process: no event loop runs here
+    return {"pid": os.getpid(), "thread": thread.name, "thread_id": thread.native_id, "on_event_loop": on_event_loop}
 
 
 @contextlib.contextmanager
-def ping_record(route: str, delay: float) -> Iterator[dict[str, Any]]:
+def run_record(route: str, **params: float) -> Iterator[dict[str, Any]]:
     """Prints a start and an end line, and fills in where and when the body ran."""
     number = next(REQUEST_NUMBERS)
-    thread = threading.current_thread()
-    record: dict[str, Any] = {
-        "route": route,
-        "delay": delay,
-        "pid": os.getpid(),
-        "thread": thread.name,
-        "thread_id": thread.native_id,
-        "on_event_loop": on_event_loop_thread(),
-    }
-    print(f"start {route} #{number} delay={delay:g} thread={thread.name} ({thread.native_id})", flush=True)
+    record: dict[str, Any] = {"route": route, **params, **where_am_i()}
+    shown = " ".join(f"{key}={value:g}" for key, value in params.items())
+    print(f"start {route} #{number} {shown} thread={record['thread']} ({record['thread_id']})", flush=True)
     record["started"] = time.time()
     yield record
     record["finished"] = time.time()
@@ -172,14 +180,14 @@ def ping_record(route: str, delay: float) -> Iterator[dict[str, Any]]:
 
 async def ping_blocking(request: Request) -> JSONResponse:
     delay = read_delay(request)
-    with ping_record("/ping/blocking", delay) as record:
+    with run_record("/ping/blocking", delay=delay) as record:
         time.sleep(delay)  # blocks the event loop: no other request runs until it returns
     return JSONResponse(record)
 
 
 async def ping_async(request: Request) -> JSONResponse:
     delay = read_delay(request)
-    with ping_record("/ping/async", delay) as record:
+    with run_record("/ping/async", delay=delay) as record:
         await anyio.sleep(delay)  # yields the event loop: other requests run meanwhile
     return JSONResponse(record)
 
@@ -188,8 +196,43 @@ def ping_thread(request: Request) -> JSONResponse:
     # A plain def: Starlette hands the whole call to anyio.to_thread.run_sync,
     # so it holds one thread-pool token from here to the return.
     delay = read_delay(request)
-    with ping_record("/ping/thread", delay) as record:
+    with run_record("/ping/thread", delay=delay) as record:
         time.sleep(delay)  # blocks this worker thread only; the event loop stays free
+    return JSONResponse(record)
+
+
+def burn_cpu(n: int) -> dict[str, Any]:
+    """``n`` rounds of pure-Python arithmetic: it never waits, and holds the GIL throughout."""
+    began = time.perf_counter()
+    x = 1
+    for _ in range(n):
+        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+    return {"result": x, "seconds": round(time.perf_counter() - began, 4), **where_am_i()}
+
+
+def read_n(request: Request) -> int:
+    return read_number(request, "n", kind=int, default=5_000_000, high=request.app.state.settings.max_cpu_n)
+
+
+async def cpu_blocking(request: Request) -> JSONResponse:
+    n = read_n(request)
+    with run_record("/cpu/blocking", n=n) as record:
+        record["work"] = burn_cpu(n)  # computes on the event loop: every other request waits
+    return JSONResponse(record)
+
+
+def cpu_thread(request: Request) -> JSONResponse:
+    n = read_n(request)
+    with run_record("/cpu/thread", n=n) as record:
+        record["work"] = burn_cpu(n)  # the loop stays free, but threads share one GIL: no speed-up
+    return JSONResponse(record)
+
+
+async def cpu_process(request: Request) -> JSONResponse:
+    n = read_n(request)
+    with run_record("/cpu/process", n=n) as record:
+        limiter = request.state.process_limiter
+        record["work"] = await anyio.to_process.run_sync(burn_cpu, n, limiter=limiter)  # another process, own GIL
     return JSONResponse(record)
 
 
@@ -210,16 +253,6 @@ def read_countries(request: Request) -> list[str]:
     if len(countries) > settings.max_countries:
         raise HTTPException(400, f"at most {settings.max_countries} countries per request, got {len(countries)}")
     return list(countries.values()) or list(DEFAULT_COUNTRIES)
-
-
-def read_max_concurrency(request: Request) -> int:
-    ceiling = request.app.state.settings.max_concurrency
-    values = request.query_params.getlist("max_concurrency")
-    if not values:
-        return ceiling
-    if len(values) > 1 or not (values[0].isascii() and values[0].isdigit()) or not 1 <= int(values[0]) <= ceiling:
-        raise HTTPException(400, f"max_concurrency must be one whole number from 1 to {ceiling}, got {values}")
-    return int(values[0])
 
 
 def upstream_for(request: Request) -> Upstream:
@@ -261,7 +294,8 @@ def universities_sync(request: Request) -> JSONResponse:
 async def universities_async(request: Request) -> JSONResponse:
     began = time.perf_counter()
     countries, upstream = read_countries(request), upstream_for(request)
-    limit = read_max_concurrency(request)
+    ceiling = request.app.state.settings.max_concurrency
+    limit = read_number(request, "max_concurrency", kind=int, default=ceiling, high=ceiling)
     results = await fetch_all_async(request.state.client, upstream, countries, max_concurrency=limit)  # all at once
     return universities_json("/universities/async", results, began, max_concurrency=limit)
 
@@ -272,6 +306,9 @@ ROUTE_GUIDE: dict[str, tuple[str, str]] = {
     "/ping/blocking": ("async def + time.sleep: blocks the event loop, calls run one after another", "?delay=1"),
     "/ping/async": ("async def + await anyio.sleep: yields the loop, calls overlap", "?delay=1"),
     "/ping/thread": ("plain def + time.sleep: runs in the AnyIO thread pool, overlaps up to its size", "?delay=1"),
+    "/cpu/blocking": ("async def + pure-Python loop: freezes the event loop for everyone", "?n=5000000"),
+    "/cpu/thread": ("plain def + the same loop: loop stays free, but the GIL lets one thread compute at a time", "?n=5000000"),
+    "/cpu/process": ("anyio.to_process.run_sync: the loop runs in a worker process, on another core", "?n=5000000"),
     "/universities/sync": ("plain def + httpx.Client: one upstream call per country, one after another", "?country=turkey&country=india"),
     "/universities/async": ("async def + shared httpx.AsyncClient: all countries at once, bounded", "?country=turkey&country=india"),
     "/upstream/search": ("the offline stand-in for the public universities API", "?country=turkey"),
@@ -325,7 +362,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     timeout, limits = httpx.Timeout(settings.upstream_timeout), httpx.Limits(max_connections=100)
     async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
         with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
-            yield {"client": client, "sync_client": sync_client}
+            process_limiter = anyio.CapacityLimiter(settings.process_workers)
+            yield {"client": client, "sync_client": sync_client, "process_limiter": process_limiter}
 
 
 def create_app(settings: Settings) -> ASGIApp:
@@ -334,6 +372,9 @@ def create_app(settings: Settings) -> ASGIApp:
         Route("/ping/blocking", ping_blocking),
         Route("/ping/async", ping_async),
         Route("/ping/thread", ping_thread),
+        Route("/cpu/blocking", cpu_blocking),
+        Route("/cpu/thread", cpu_thread),
+        Route("/cpu/process", cpu_process),
         Route("/universities/sync", universities_sync),
         Route("/universities/async", universities_async),
         Mount("/upstream", routes=StandInUpstream(load_records(), latency=settings.upstream_latency).routes()),

@@ -51,11 +51,11 @@ BAD_COUNTRY_QUERIES = {
     "control": ("country=tur%00key", "control characters"),
     "newline": ("country=turkey%0Aindia", "control characters"),
     "too many": ("&".join(f"country=c{i}" for i in range(21)), "at most 20 countries per request, got 21"),
-    "bound zero": ("max_concurrency=0", "max_concurrency must be one whole number from 1 to 10"),
-    "bound too high": ("max_concurrency=11", "max_concurrency must be one whole number from 1 to 10"),
-    "bound text": ("max_concurrency=two", "max_concurrency must be one whole number from 1 to 10"),
-    "bound superscript": ("max_concurrency=%C2%B2", "max_concurrency must be one whole number from 1 to 10"),
-    "bound twice": ("max_concurrency=1&max_concurrency=2", "max_concurrency must be one whole number from 1 to 10"),
+    "bound zero": ("max_concurrency=0", "max_concurrency must be"),
+    "bound too high": ("max_concurrency=11", "max_concurrency must be"),
+    "bound text": ("max_concurrency=two", "max_concurrency must be"),
+    "bound superscript": ("max_concurrency=%C2%B2", "max_concurrency must be"),
+    "bound twice": ("max_concurrency=1&max_concurrency=2", "max_concurrency given 2 times"),
 }
 
 
