@@ -64,6 +64,8 @@ class Settings:
     max_country_length: int = 100  # APP_MAX_COUNTRY_LENGTH: characters in one country name
     max_cpu_n: int = 100_000_000  # APP_MAX_CPU_N: largest ?n= a /cpu route accepts (about 10 s)
     process_workers: int = os.cpu_count() or 2  # APP_PROCESS_WORKERS: /cpu/process calls at once
+    asyncio_debug: bool = False  # APP_ASYNCIO_DEBUG: report callbacks that hold the loop too long
+    slow_callback: float = 0.1  # APP_SLOW_CALLBACK: seconds that count as too long (asyncio's default)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -72,8 +74,10 @@ class Settings:
             if raw is None or raw == "":
                 return default
             try:
+                if kind is bool:
+                    return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[raw.lower()]
                 return kind(raw)
-            except ValueError:
+            except (KeyError, ValueError):
                 raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
 
         return cls(
@@ -88,6 +92,8 @@ class Settings:
             max_country_length=read("APP_MAX_COUNTRY_LENGTH", int, cls.max_country_length),
             max_cpu_n=read("APP_MAX_CPU_N", int, cls.max_cpu_n),
             process_workers=read("APP_PROCESS_WORKERS", int, cls.process_workers),
+            asyncio_debug=read("APP_ASYNCIO_DEBUG", bool, cls.asyncio_debug),
+            slow_callback=read("APP_SLOW_CALLBACK", float, cls.slow_callback),
         )
 
 
@@ -145,7 +151,10 @@ def read_number(
     except ValueError:
         raise HTTPException(400, f"{name} must be a {noun}{' of ' + unit if unit else ''}, got {values[0]!r}") from None
     if not math.isfinite(value) or not low <= value <= high:
-        raise HTTPException(400, f"{name} must be between {low} and {high:g}{' ' + unit if unit else ''}, got {values[0]!r}")
+        limit = f"{high:g}" if kind is float else str(high)
+        raise HTTPException(
+            400, f"{name} must be between {low} and {limit}{' ' + unit if unit else ''}, got {values[0]!r}"
+        )
     return value
 
 
@@ -170,7 +179,7 @@ def run_record(route: str, **params: float) -> Iterator[dict[str, Any]]:
     """Prints a start and an end line, and fills in where and when the body ran."""
     number = next(REQUEST_NUMBERS)
     record: dict[str, Any] = {"route": route, **params, **where_am_i()}
-    shown = " ".join(f"{key}={value:g}" for key, value in params.items())
+    shown = " ".join(f"{key}={value}" for key, value in params.items())
     print(f"start {route} #{number} {shown} thread={record['thread']} ({record['thread_id']})", flush=True)
     record["started"] = time.time()
     yield record
@@ -307,10 +316,19 @@ ROUTE_GUIDE: dict[str, tuple[str, str]] = {
     "/ping/async": ("async def + await anyio.sleep: yields the loop, calls overlap", "?delay=1"),
     "/ping/thread": ("plain def + time.sleep: runs in the AnyIO thread pool, overlaps up to its size", "?delay=1"),
     "/cpu/blocking": ("async def + pure-Python loop: freezes the event loop for everyone", "?n=5000000"),
-    "/cpu/thread": ("plain def + the same loop: loop stays free, but the GIL lets one thread compute at a time", "?n=5000000"),
+    "/cpu/thread": (
+        "plain def + the same loop: loop stays free, but the GIL lets one thread compute at a time",
+        "?n=5000000",
+    ),
     "/cpu/process": ("anyio.to_process.run_sync: the loop runs in a worker process, on another core", "?n=5000000"),
-    "/universities/sync": ("plain def + httpx.Client: one upstream call per country, one after another", "?country=turkey&country=india"),
-    "/universities/async": ("async def + shared httpx.AsyncClient: all countries at once, bounded", "?country=turkey&country=india"),
+    "/universities/sync": (
+        "plain def + httpx.Client: one upstream call per country, one after another",
+        "?country=turkey&country=india",
+    ),
+    "/universities/async": (
+        "async def + shared httpx.AsyncClient: all countries at once, bounded",
+        "?country=turkey&country=india",
+    ),
     "/upstream/search": ("the offline stand-in for the public universities API", "?country=turkey"),
     "/healthz": ("liveness and thread-pool use (tokens borrowed / total)", ""),
 }
@@ -357,6 +375,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     # The default limiter belongs to the running event loop, so size it here, not at import.
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.thread_tokens
+    if settings.asyncio_debug:
+        # uvicorn starts its loop with debug=False, which overrides PYTHONASYNCIODEBUG
+        # and python -X dev; switching debug mode on from inside the loop works.
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = settings.slow_callback
     # One client of each kind per process, shared by every request. trust_env=False:
     # proxy variables must not reroute the calls to the stand-in on loopback.
     timeout, limits = httpx.Timeout(settings.upstream_timeout), httpx.Limits(max_connections=100)

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import httpx
+import pytest
 
 
 def start_end_order(records: Sequence[dict[str, Any]]) -> str:
@@ -44,3 +45,27 @@ def json_records(responses: Sequence[httpx.Response]) -> list[dict[str, Any]]:
     for response in responses:
         assert response.status_code == 200, response.text
     return [response.json() for response in responses]
+
+
+async def wait_for_console_line(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    seen = ""
+    with anyio.fail_after(10):
+        while text not in seen:
+            seen += capsys.readouterr().out
+            await anyio.sleep(0.005)
+
+
+async def instant_ping_during(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str], slow_url: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sends ``/ping/async?delay=0`` once the server has printed that ``slow_url`` started."""
+    slow: list[httpx.Response] = []
+
+    async def send_slow() -> None:
+        slow.append(await client.get(slow_url))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(send_slow)
+        await wait_for_console_line(capsys, f"start {slow_url.split('?')[0]}")
+        instant = await client.get("/ping/async?delay=0")
+    return json_records(slow)[0], json_records([instant])[0]

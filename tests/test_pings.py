@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
-import anyio
 import httpx
 import pytest
 
 from tests.conftest import ServeFn, open_client
-from tests.helpers import get_all, json_records, peak_in_flight, start_end_order
+from tests.helpers import get_all, instant_ping_during, json_records, peak_in_flight, start_end_order
 
 pytestmark = pytest.mark.anyio
 
@@ -58,47 +56,27 @@ async def test_def_endpoint_queues_in_waves_beyond_thread_limit(serve: ServeFn) 
     assert 2.5 < elapsed / DELAY < 6
 
 
-async def wait_for_console_line(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    seen = ""
-    with anyio.fail_after(10):
-        while text not in seen:
-            seen += capsys.readouterr().out
-            await anyio.sleep(0.005)
-
-
-async def instant_ping_during(
-    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str], slow_route: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Sends ``/ping/async?delay=0`` once the server has printed that ``slow_route`` started."""
-    slow: list[httpx.Response] = []
-
-    async def send_slow() -> None:
-        slow.append(await client.get(f"{slow_route}?delay=1"))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(send_slow)
-        await wait_for_console_line(capsys, f"start {slow_route}")
-        instant = await client.get("/ping/async?delay=0")
-    return json_records(slow)[0], json_records([instant])[0]
-
-
 async def test_instant_async_ping_waits_for_a_blocking_ping(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    blocking, instant = await instant_ping_during(client, capsys, "/ping/blocking")
+    blocking, instant = await instant_ping_during(client, capsys, "/ping/blocking?delay=1")
     assert instant["started"] >= blocking["finished"]
 
 
 async def test_instant_async_ping_need_not_wait_for_a_thread_ping(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    threaded, instant = await instant_ping_during(client, capsys, "/ping/thread")
+    threaded, instant = await instant_ping_during(client, capsys, "/ping/thread?delay=1")
     assert instant["finished"] < threaded["finished"]
 
 
 @pytest.mark.parametrize(
     ("route", "expected"),
-    [("/ping/blocking", "start,end,start,end"), ("/ping/async", "start,start,end,end"), ("/ping/thread", "start,start,end,end")],
+    [
+        ("/ping/blocking", "start,end,start,end"),
+        ("/ping/async", "start,start,end,end"),
+        ("/ping/thread", "start,start,end,end"),
+    ],
 )
 async def test_console_shows_start_and_end_lines_in_order(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str], route: str, expected: str

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ServeFn, open_client, running_server
+from tests.conftest import ServeFn, open_client, running_server, unused_port
 from tests.faulty_upstream import faulty_upstream
 
 pytestmark = pytest.mark.anyio
@@ -30,12 +29,6 @@ FAULTS = [
 def upstream() -> Iterator[str]:
     with running_server(faulty_upstream, lifespan="off") as base:
         yield base
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def assert_fault_maps_to(serve: ServeFn, upstream_url: str, status: int, cause: str, route: str) -> None:

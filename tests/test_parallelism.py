@@ -1,0 +1,117 @@
+"""Beyond one event loop: processes for CPU work, worker processes for blocking code, debug mode."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from tests.conftest import ServeFn, is_running, open_client, uvicorn_process
+from tests.helpers import get_all, instant_ping_during, json_records, peak_in_flight
+
+pytestmark = pytest.mark.anyio
+
+N = 3_000_000  # about 0.3 s of pure-Python work on this machine
+
+
+async def test_processes_compute_in_parallel_while_threads_take_turns(serve: ServeFn) -> None:
+    async with open_client(serve()) as client:
+        await get_all(client, [f"/cpu/process?n={N}"] * 2)  # start the two worker processes first
+        threads, thread_time = await get_all(client, [f"/cpu/thread?n={N}"] * 2)
+        processes, process_time = await get_all(client, [f"/cpu/process?n={N}"] * 2)
+    thread_work = [r["work"] for r in json_records(threads)]
+    process_work = [r["work"] for r in json_records(processes)]
+    server_pid = json_records(threads)[0]["pid"]
+    assert {w["pid"] for w in thread_work} == {server_pid}
+    assert len({w["pid"] for w in process_work} - {server_pid}) == 2  # two other processes
+    assert peak_in_flight(json_records(processes)) == 2
+    assert thread_work[0]["result"] == process_work[0]["result"]  # the same work
+    assert thread_time / process_time > 1.4  # ideal 2: one GIL against two cores
+
+
+@pytest.mark.parametrize(
+    ("cpu_route", "must_wait"), [("/cpu/blocking", True), ("/cpu/thread", False), ("/cpu/process", False)]
+)
+async def test_instant_ping_waits_only_for_cpu_work_on_the_event_loop(
+    serve: ServeFn, capsys: pytest.CaptureFixture[str], cpu_route: str, must_wait: bool
+) -> None:
+    async with open_client(serve()) as client:
+        await client.get("/cpu/process?n=1")  # a process worker ready, so timing is the work's alone
+        busy, instant = await instant_ping_during(client, capsys, f"{cpu_route}?n={3 * N}")
+    if must_wait:
+        assert instant["started"] >= busy["finished"]
+    else:
+        assert instant["finished"] < busy["finished"]
+
+
+async def test_two_workers_run_blocking_pings_in_parallel(tmp_path: Path) -> None:
+    with uvicorn_process("--workers", "2", tmp=tmp_path) as server:
+        worker_pids = await distinct_worker_pids(server.base_url, want=2)
+        delay = 1.0
+        results: list[httpx.Response] = []
+
+        async def ping() -> None:
+            async with open_client(server.base_url) as client:  # a connection of its own
+                results.append(await client.get(f"/ping/blocking?delay={delay}"))
+
+        began = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            group.start_soon(ping)
+            await anyio.sleep(0.2)  # the first worker is asleep by now and cannot accept
+            group.start_soon(ping)
+        elapsed = time.perf_counter() - began
+    records = json_records(results)
+    assert len({r["pid"] for r in records}) == 2
+    assert peak_in_flight(records) == 2
+    assert elapsed / delay < 1.7  # one delay and the head start, not two delays
+    assert server.process.returncode == 0
+    assert not [pid for pid in worker_pids if is_running(pid)], "a worker outlived the server"
+
+
+async def distinct_worker_pids(base_url: str, *, want: int) -> set[int]:
+    """Asks on new connections until ``want`` different worker processes have answered."""
+    pids: set[int] = set()
+    with anyio.fail_after(20):
+        while len(pids) < want:
+            async with open_client(base_url) as client:
+                pids.add((await client.get("/healthz")).json()["pid"])
+    return pids
+
+
+SLOW_CALLBACK = re.compile(r"Executing <Task .*> took (\d+\.\d+) seconds")
+
+
+async def slow_callbacks(server_log: Path, *, at_least: int) -> list[float]:
+    with anyio.fail_after(10):
+        while len(found := SLOW_CALLBACK.findall(server_log.read_text(errors="replace"))) < at_least:
+            await anyio.sleep(0.05)
+    return [float(seconds) for seconds in found]
+
+
+async def test_asyncio_debug_mode_names_the_calls_that_block_the_loop(tmp_path: Path) -> None:
+    env = {"APP_ASYNCIO_DEBUG": "1"}
+    with uvicorn_process("--loop", "asyncio", env=env, tmp=tmp_path) as server:
+        async with open_client(server.base_url) as client:
+            assert (await client.get("/ping/async?delay=0.5")).status_code == 200
+            assert (await client.get("/ping/blocking?delay=0.5")).status_code == 200
+            first = await slow_callbacks(server.log, at_least=1)
+            assert (await client.get(f"/cpu/blocking?n={N}")).status_code == 200
+            both = await slow_callbacks(server.log, at_least=2)
+    # One report for the blocking ping (about its 0.5 s), one for the CPU loop, none for the awaiting ping.
+    assert len(first) == 1 and first[0] >= 0.5
+    assert len(both) == 2
+    assert "RequestResponseCycle.run_asgi" in server.log_text()
+
+
+async def test_pythonasynciodebug_alone_is_overridden_by_uvicorn(tmp_path: Path) -> None:
+    env = {"PYTHONASYNCIODEBUG": "1", "APP_ASYNCIO_DEBUG": "0"}
+    with uvicorn_process("--loop", "asyncio", env=env, tmp=tmp_path) as server:
+        async with open_client(server.base_url) as client:
+            assert (await client.get("/ping/blocking?delay=0.5")).status_code == 200
+    # The server has stopped, so its log is complete: the 0.5 s block went unreported.
+    assert "end   /ping/blocking" in server.log_text()
+    assert not SLOW_CALLBACK.findall(server.log_text())
