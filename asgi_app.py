@@ -59,6 +59,7 @@ class Settings:
     upstream_latency: float = 0.5  # APP_UPSTREAM_LATENCY: seconds the stand-in takes per search
     upstream_timeout: float = 5.0  # APP_UPSTREAM_TIMEOUT: seconds for one whole upstream call
     upstream_max_bytes: int = 5_000_000  # APP_UPSTREAM_MAX_BYTES: largest upstream body accepted
+    upstream_connections: int = 100  # APP_UPSTREAM_CONNECTIONS: per client, and async calls in flight
     max_concurrency: int = 10  # APP_MAX_CONCURRENCY: upstream calls in flight per async request
     max_countries: int = 20  # APP_MAX_COUNTRIES: distinct countries per request
     max_country_length: int = 100  # APP_MAX_COUNTRY_LENGTH: characters in one country name
@@ -87,6 +88,7 @@ class Settings:
             upstream_latency=read("APP_UPSTREAM_LATENCY", float, cls.upstream_latency),
             upstream_timeout=read("APP_UPSTREAM_TIMEOUT", float, cls.upstream_timeout),
             upstream_max_bytes=read("APP_UPSTREAM_MAX_BYTES", int, cls.upstream_max_bytes),
+            upstream_connections=read("APP_UPSTREAM_CONNECTIONS", int, cls.upstream_connections),
             max_concurrency=read("APP_MAX_CONCURRENCY", int, cls.max_concurrency),
             max_countries=read("APP_MAX_COUNTRIES", int, cls.max_countries),
             max_country_length=read("APP_MAX_COUNTRY_LENGTH", int, cls.max_country_length),
@@ -142,7 +144,7 @@ def read_number(
     """One ``?name=`` value from 0 (1 for whole numbers) to ``high``; anything else is a 400."""
     values = request.query_params.getlist(name)
     if not values:
-        return default
+        return kind(min(default, high))  # a lowered maximum lowers the default with it
     if len(values) > 1:
         raise HTTPException(400, f"{name} given {len(values)} times; give it once")
     noun, low = ("number", 0) if kind is float else ("whole number", 1)
@@ -275,7 +277,10 @@ def upstream_for(request: Request) -> Upstream:
         host, port = request.scope["server"]
         base = f"http://[{host}]:{port}/upstream" if ":" in host else f"http://{host}:{port}/upstream"
     return Upstream(
-        search_url=f"{base}/search", timeout=settings.upstream_timeout, max_bytes=settings.upstream_max_bytes
+        search_url=f"{base}/search",
+        timeout=settings.upstream_timeout,
+        max_bytes=settings.upstream_max_bytes,
+        slots=request.state.upstream_slots,
     )
 
 
@@ -330,7 +335,7 @@ ROUTE_GUIDE: dict[str, tuple[str, str]] = {
         "?country=turkey&country=india",
     ),
     "/upstream/search": ("the offline stand-in for the public universities API", "?country=turkey"),
-    "/healthz": ("liveness and thread-pool use (tokens borrowed / total)", ""),
+    "/healthz": ("liveness, thread-pool use, and the threads, tasks, files and memory held", ""),
 }
 
 
@@ -346,8 +351,27 @@ async def index(request: Request) -> JSONResponse:
 
 async def healthz(request: Request) -> JSONResponse:
     limiter = anyio.to_thread.current_default_thread_limiter()
-    pool = {"borrowed": limiter.borrowed_tokens, "total": limiter.total_tokens}
-    return JSONResponse({"status": "ok", "pid": os.getpid(), "thread_pool": pool})
+    return JSONResponse(
+        {
+            "status": "ok",
+            "pid": os.getpid(),
+            "thread_pool": {"borrowed": limiter.borrowed_tokens, "total": limiter.total_tokens},
+            # What this process holds right now: after a storm of failures these come back down.
+            "threads": threading.active_count(),
+            "tasks": len(asyncio.all_tasks()),
+            "open_fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None,
+            "rss_bytes": resident_bytes(),
+        }
+    )
+
+
+def resident_bytes() -> int | None:
+    """Resident memory now (Linux); None where /proc is missing."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return None
 
 
 # -------------------------------------------------------- errors, lifespan
@@ -383,11 +407,19 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         loop.slow_callback_duration = settings.slow_callback
     # One client of each kind per process, shared by every request. trust_env=False:
     # proxy variables must not reroute the calls to the stand-in on loopback.
-    timeout, limits = httpx.Timeout(settings.upstream_timeout), httpx.Limits(max_connections=100)
+    timeout = httpx.Timeout(settings.upstream_timeout)
+    # Keep-alive as large as the pool: httpcore 1.0.9 compares max_keepalive_connections
+    # with *all* its connections, so a smaller value closes idle ones under load.
+    size = settings.upstream_connections
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
     async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
         with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
-            process_limiter = anyio.CapacityLimiter(settings.process_workers)
-            yield {"client": client, "sync_client": sync_client, "process_limiter": process_limiter}
+            yield {
+                "client": client,
+                "sync_client": sync_client,
+                "upstream_slots": anyio.CapacityLimiter(settings.upstream_connections),
+                "process_limiter": anyio.CapacityLimiter(settings.process_workers),
+            }
 
 
 def create_app(settings: Settings) -> ASGIApp:

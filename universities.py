@@ -90,6 +90,10 @@ class Upstream:
     search_url: str
     timeout: float  # seconds for a whole call, from connecting to the last byte
     max_bytes: int  # a longer body is refused before it is all in memory
+    # Async calls in flight across the whole process, at most the client's pool size.
+    # Waiting here is cheap; httpcore's own pool queue costs CPU for every waiting
+    # request each time a connection frees up, which starves the loop under load.
+    slots: anyio.CapacityLimiter | None = None
 
 
 @dataclass(frozen=True)
@@ -164,8 +168,9 @@ def fetch_country_sync(client: httpx.Client, upstream: Upstream, country: str) -
 
 
 async def fetch_country_async(client: httpx.AsyncClient, upstream: Upstream, country: str) -> list[University]:
+    slot = upstream.slots or contextlib.nullcontext()
     with upstream_faults(country, upstream.timeout), anyio.fail_after(upstream.timeout):
-        async with client.stream("GET", upstream.search_url, params={"country": country}) as response:
+        async with slot, client.stream("GET", upstream.search_url, params={"country": country}) as response:
             reader = BodyReader(country, upstream, response)
             async for chunk in response.aiter_bytes():
                 reader.feed(chunk)

@@ -1,5 +1,7 @@
 """An upstream that misbehaves on request: ``GET /<fault>/search?country=...``.
 
+Under ``/storm`` the country is the fault, so one request can meet several.
+
 Served by a real uvicorn on loopback; the app under test points at it with
 ``upstream_url=f"{base}/<fault>"``. Each fault is one way the public API, or the
 network in front of it, has let callers down.
@@ -30,8 +32,25 @@ def record(country: str) -> dict[str, object]:
 async def faulty_upstream(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return  # no lifespan to speak of
+    # uvicorn's send() quietly does nothing once the client has gone, so a fault
+    # that streams or waits would go on after its caller gave up: stop it then.
+    async with anyio.create_task_group() as group:
+
+        async def stop_on_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(stop_on_disconnect)
+        await misbehave(scope, send)
+        group.cancel_scope.cancel()
+
+
+async def misbehave(scope: Scope, send: Send) -> None:
     fault = scope["path"].strip("/").split("/")[0]
     country = parse_qs(scope["query_string"].decode("latin-1")).get("country", [""])[0]
+    if fault == "storm":  # each country names its own fault: ?country=hang, ?country=reset, ...
+        fault = country
 
     async def answer(body: bytes, status: int = 200, headers: list[tuple[bytes, bytes]] = JSON) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -69,3 +70,29 @@ async def instant_ping_during(
         await wait_for_console_line(capsys, f"start {slow_url.split('?')[0]}")
         instant = await client.get("/ping/async?delay=0")
     return json_records(slow)[0], json_records([instant])[0]
+
+
+async def raw_get(base_url: str, target: str) -> tuple[int, bytes]:
+    """One GET on a connection of its own, read to the end: a load generator with nothing to spare."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            while True:
+                chunks.append(await stream.receive())
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def raw_get_all(base_url: str, targets: Sequence[str]) -> list[tuple[int, bytes]]:
+    """Every GET at once, each on its own connection; results in order."""
+    results: list[tuple[int, bytes]] = [(0, b"")] * len(targets)
+
+    async def get(index: int, target: str) -> None:
+        results[index] = await raw_get(base_url, target)
+
+    async with anyio.create_task_group() as group:
+        for index, target in enumerate(targets):
+            group.start_soon(get, index, target)
+    return results

@@ -1,0 +1,169 @@
+"""What production sends: fault storms, load, shutdown mid-request, slow and stuck clients."""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from tests.conftest import running_server, unused_port, uvicorn_process
+from tests.faulty_upstream import faulty_upstream
+from tests.helpers import peak_in_flight, raw_get, raw_get_all
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+STORM_FAULTS = ["refuse", "reset", "hang", "trickle", "endless", "notutf8", "badjson", "error", "schema"]
+
+
+@pytest.fixture(autouse=True)
+def enough_file_descriptors() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard or soft < hard < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))  # children inherit it
+
+
+async def health(base_url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def settled_health(base_url: str, baseline: dict[str, Any]) -> dict[str, Any]:
+    """/healthz once its files and tasks are back to the baseline, or after 10 s, whichever is first."""
+    with anyio.move_on_after(10):
+        while True:
+            now = await health(base_url)
+            if all(now[key] <= baseline[key] for key in ("open_fds", "tasks")):
+                break
+            await anyio.sleep(0.2)
+    return now
+
+
+def storm_targets(rng: random.Random) -> list[str]:
+    """150 universities requests, each meeting three faults at random; 50 of them sequential."""
+    targets = []
+    for index in range(150):
+        query = "&".join(f"country={fault}" for fault in rng.sample(STORM_FAULTS, 3))
+        route = "/universities/sync" if index % 3 == 0 else "/universities/async"
+        targets.append(f"{route}?{query}")
+    return targets
+
+
+@pytest.mark.parametrize("upstream_kind", ["faulty", "refusing"])
+async def test_fault_storm_leaves_nothing_behind(tmp_path: Path, upstream_kind: str) -> None:
+    rng = random.Random(20261121)
+    with running_server(faulty_upstream, lifespan="off") as upstream:
+        url = f"{upstream}/storm" if upstream_kind == "faulty" else f"http://127.0.0.1:{unused_port()}"
+        env = {"APP_UPSTREAM_URL": url, "APP_UPSTREAM_TIMEOUT": "1", "APP_UPSTREAM_MAX_BYTES": "100000"}
+        with uvicorn_process(env=env, tmp=tmp_path) as server:
+            idle = await health(server.base_url)
+            await raw_get_all(server.base_url, storm_targets(rng))  # warm-up: pools and threads fill
+            baseline = await health(server.base_url)
+            for _ in range(2):
+                results = await raw_get_all(server.base_url, storm_targets(rng))
+                statuses = {status for status, _ in results}
+                assert statuses <= {502, 504}, statuses
+                assert all("detail" in json.loads(body) for _, body in results)
+            after = await settled_health(server.base_url, baseline)
+    assert after["open_fds"] <= baseline["open_fds"], (baseline, after)
+    assert after["tasks"] <= baseline["tasks"], (baseline, after)
+    # Idle pool threads linger for a while, but never more than the pool's size.
+    assert after["threads"] <= idle["threads"] + after["thread_pool"]["total"], (idle, after)
+    assert after["rss_bytes"] < baseline["rss_bytes"] + 32 * 2**20  # 300 failures later, not 32 MiB more
+
+
+async def test_thousand_concurrent_async_pings_all_answer(tmp_path: Path) -> None:
+    with uvicorn_process(tmp=tmp_path) as server:
+        results = await raw_get_all(server.base_url, ["/ping/async?delay=1"] * 1000)
+    assert [status for status, _ in results] == [200] * 1000
+    records = [json.loads(body) for _, body in results]
+    assert peak_in_flight(records) > 900  # all of them asleep together, give or take the stragglers
+
+
+async def test_healthz_stays_prompt_under_thread_pool_load(tmp_path: Path) -> None:
+    delay = 0.5
+    with uvicorn_process(tmp=tmp_path) as server:
+        results: list[tuple[int, bytes]] = []
+        async with anyio.create_task_group() as group:
+
+            async def load() -> None:
+                results.extend(await raw_get_all(server.base_url, [f"/ping/thread?delay={delay}"] * 200))
+
+            group.start_soon(load)
+            with anyio.fail_after(10):
+                while (await health(server.base_url))["thread_pool"]["borrowed"] < 40:
+                    await anyio.sleep(0.02)
+            began = time.perf_counter()
+            busy = await health(server.base_url)
+            healthz_time = time.perf_counter() - began
+    assert busy["thread_pool"] == {"borrowed": 40, "total": 40}
+    assert healthz_time < delay / 2  # it never queues behind the 160 waiting for a thread
+    assert [status for status, _ in results] == [200] * 200
+    assert peak_in_flight([json.loads(body) for _, body in results]) == 40
+
+
+async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
+    env = {"APP_UPSTREAM_LATENCY": "1", "PYTHONWARNINGS": "always::ResourceWarning"}
+    with uvicorn_process("--timeout-graceful-shutdown", "5", env=env, tmp=tmp_path) as server:
+        targets = ["/ping/async?delay=1"] * 20 + ["/ping/thread?delay=1"] * 5 + ["/universities/async"]
+        results: list[tuple[int, bytes]] = []
+        async with anyio.create_task_group() as group:
+
+            async def send_all() -> None:
+                results.extend(await raw_get_all(server.base_url, targets))
+
+            group.start_soon(send_all)
+            with anyio.fail_after(10):  # every ping and the three upstream searches have started
+                while server.log_text().count("start /ping/") < 25 or (await health(server.base_url))["tasks"] < 30:
+                    await anyio.sleep(0.02)
+            server.process.send_signal(signal.SIGTERM)
+        returncode = server.process.wait(timeout=10)
+    assert [status for status, _ in results] == [200] * len(targets)
+    assert returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down cleanly
+    log = server.log_text()
+    assert log.index("Application shutdown complete") > log.rindex('"GET /universities/async HTTP/1.1" 200')
+    assert "ResourceWarning" not in log, log
+
+
+async def test_slow_header_sender_does_not_hold_up_others(tmp_path: Path) -> None:
+    with uvicorn_process(tmp=tmp_path) as server:
+        host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+        latencies: list[float] = []
+        async with await anyio.connect_tcp(host, int(port)) as slow:
+            request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            for index, byte in enumerate(request[:20]):  # two seconds of trickling, never finished
+                await slow.send(bytes([byte]))
+                if index % 2 == 0:
+                    began = time.perf_counter()
+                    status, _ = await raw_get(server.base_url, "/ping/async?delay=0")
+                    assert status == 200
+                    latencies.append(time.perf_counter() - began)
+                await anyio.sleep(0.1)
+    assert max(latencies) < 0.5  # each answered while the slow client was mid-request
+
+
+async def test_client_that_never_reads_does_not_hold_up_others(tmp_path: Path) -> None:
+    with uvicorn_process(env={"APP_UPSTREAM_LATENCY": "0"}, tmp=tmp_path) as server:
+        baseline = await health(server.base_url)
+        host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+        async with await anyio.connect_tcp(host, int(port)) as stuck:
+            # 300 pipelined requests for every record (about 7 MB of answers) that are never read.
+            await stuck.send(b"GET /upstream/search HTTP/1.1\r\nHost: x\r\n\r\n" * 300)
+            await anyio.sleep(1)
+            stuck_health = await health(server.base_url)
+            began = time.perf_counter()
+            status, _ = await raw_get(server.base_url, "/ping/async?delay=0")
+            assert status == 200
+            assert time.perf_counter() - began < 0.5
+        after = await settled_health(server.base_url, baseline)
+    assert stuck_health["rss_bytes"] < baseline["rss_bytes"] + 32 * 2**20  # the answers wait, not pile up
+    assert after["tasks"] <= baseline["tasks"] and after["open_fds"] <= baseline["open_fds"]
