@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import math
 import os
@@ -22,7 +23,6 @@ import threading
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -49,7 +49,7 @@ from universities import (
 )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     """Every knob of the app; ``from_env`` reads them once, at import."""
 
@@ -67,6 +67,12 @@ class Settings:
     process_workers: int = os.cpu_count() or 2  # APP_PROCESS_WORKERS: /cpu/process calls at once
     asyncio_debug: bool = False  # APP_ASYNCIO_DEBUG: report callbacks that hold the loop too long
     slow_callback: float = 0.1  # APP_SLOW_CALLBACK: seconds that count as too long (asyncio's default)
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if type(value) in (int, float) and not (value > 0 or (field.name == "upstream_latency" and value == 0)):
+                raise ValueError(f"{field.name} must be a positive number, got {value!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
