@@ -30,7 +30,6 @@ import anyio.to_process
 import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -60,6 +59,7 @@ class Settings:
     upstream_timeout: float = 5.0  # APP_UPSTREAM_TIMEOUT: seconds for one whole upstream call
     upstream_max_bytes: int = 5_000_000  # APP_UPSTREAM_MAX_BYTES: largest upstream body accepted
     upstream_connections: int = 100  # APP_UPSTREAM_CONNECTIONS: per client, and async calls in flight
+    upstream_keepalive: float = 5.0  # APP_UPSTREAM_KEEPALIVE: seconds an idle upstream connection is kept
     max_concurrency: int = 10  # APP_MAX_CONCURRENCY: upstream calls in flight per async request
     max_countries: int = 20  # APP_MAX_COUNTRIES: distinct countries per request
     max_country_length: int = 100  # APP_MAX_COUNTRY_LENGTH: characters in one country name
@@ -95,6 +95,7 @@ class Settings:
             upstream_timeout=read("APP_UPSTREAM_TIMEOUT", float, cls.upstream_timeout),
             upstream_max_bytes=read("APP_UPSTREAM_MAX_BYTES", int, cls.upstream_max_bytes),
             upstream_connections=read("APP_UPSTREAM_CONNECTIONS", int, cls.upstream_connections),
+            upstream_keepalive=read("APP_UPSTREAM_KEEPALIVE", float, cls.upstream_keepalive),
             max_concurrency=read("APP_MAX_CONCURRENCY", int, cls.max_concurrency),
             max_countries=read("APP_MAX_COUNTRIES", int, cls.max_countries),
             max_country_length=read("APP_MAX_COUNTRY_LENGTH", int, cls.max_country_length),
@@ -130,13 +131,18 @@ class TimingMiddleware:
         async def send_with_timing(message: Message) -> None:
             if message["type"] == "http.response.start":
                 elapsed = time.perf_counter() - start
-                headers = MutableHeaders(scope=message)
-                # Assignment replaces an existing value, so the headers never repeat.
-                headers["X-Process-Time"] = f"{elapsed:.6f}"
-                headers["Server-Timing"] = f"app;dur={elapsed * 1000:.3f}"
+                # Drop any copies the app set, so the headers never repeat. A plain list
+                # edit does what MutableHeaders(scope=message) would, at half the cost.
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in TIMING_HEADERS]
+                headers.append((b"x-process-time", b"%.6f" % elapsed))
+                headers.append((b"server-timing", b"app;dur=%.3f" % (elapsed * 1000)))
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_timing)
+
+
+TIMING_HEADERS = (b"x-process-time", b"server-timing")
 
 
 # ------------------------------------------------------------- pings, cpu
@@ -417,7 +423,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     # Keep-alive as large as the pool: httpcore 1.0.9 compares max_keepalive_connections
     # with *all* its connections, so a smaller value closes idle ones under load.
     size = settings.upstream_connections
-    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    limits = httpx.Limits(
+        max_connections=size, max_keepalive_connections=size, keepalive_expiry=settings.upstream_keepalive
+    )
     async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
         with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
             yield {

@@ -20,6 +20,7 @@ from tests.helpers import peak_in_flight, raw_get, raw_get_all
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
+KEEPALIVE = 0.5  # seconds an idle upstream connection is kept, shortened for the test
 STORM_FAULTS = ["refuse", "reset", "hang", "trickle", "endless", "notutf8", "badjson", "error", "schema"]
 
 
@@ -35,6 +36,19 @@ async def health(base_url: str) -> dict[str, Any]:
         response = await client.get("/healthz")
     assert response.status_code == 200, response.text
     return response.json()
+
+
+async def health_with_pools_drained(base_url: str) -> dict[str, Any]:
+    """/healthz once idle keep-alive connections have expired and both clients have dropped them.
+
+    A pool closes expired connections when it is next used, so one healthy call
+    through each client (``/storm`` with the country ``echo``) leaves one each.
+    """
+    await anyio.sleep(KEEPALIVE * 2)
+    for route in ("/universities/sync", "/universities/async"):
+        status, body = await raw_get(base_url, f"{route}?country=echo")
+        assert status == 200, body
+    return await health(base_url)
 
 
 async def settled_health(base_url: str, baseline: dict[str, Any]) -> dict[str, Any]:
@@ -63,16 +77,23 @@ async def test_fault_storm_leaves_nothing_behind(tmp_path: Path, upstream_kind: 
     rng = random.Random(20261121)
     with running_server(faulty_upstream, lifespan="off") as upstream:
         url = f"{upstream}/storm" if upstream_kind == "faulty" else f"http://127.0.0.1:{unused_port()}"
-        env = {"APP_UPSTREAM_URL": url, "APP_UPSTREAM_TIMEOUT": "1", "APP_UPSTREAM_MAX_BYTES": "100000"}
+        env = {
+            "APP_UPSTREAM_URL": url,
+            "APP_UPSTREAM_TIMEOUT": "1",
+            "APP_UPSTREAM_MAX_BYTES": "100000",
+            "APP_UPSTREAM_KEEPALIVE": str(KEEPALIVE),
+        }
+        drained = health_with_pools_drained if upstream_kind == "faulty" else health
         with uvicorn_process(env=env, tmp=tmp_path) as server:
             idle = await health(server.base_url)
             await raw_get_all(server.base_url, storm_targets(rng))  # warm-up: pools and threads fill
-            baseline = await health(server.base_url)
+            baseline = await drained(server.base_url)
             for _ in range(2):
                 results = await raw_get_all(server.base_url, storm_targets(rng))
                 statuses = {status for status, _ in results}
                 assert statuses <= {502, 504}, statuses
                 assert all("detail" in json.loads(body) for _, body in results)
+            await drained(server.base_url)
             after = await settled_health(server.base_url, baseline)
     assert after["open_fds"] <= baseline["open_fds"], (baseline, after)
     assert after["tasks"] <= baseline["tasks"], (baseline, after)
