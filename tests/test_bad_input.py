@@ -73,3 +73,23 @@ async def test_twenty_distinct_countries_are_accepted(serve: ServeFn) -> None:
         response = await client.get(f"/universities/async?{query}")
     assert response.status_code == 200, response.text
     assert len(response.json()["calls"]) == 20
+
+
+@pytest.mark.parametrize("route", ["/cpu/blocking", "/cpu/thread", "/cpu/process"])
+@pytest.mark.parametrize(
+    ("n", "message"),
+    [
+        ("abc", "n must be a whole number, got 'abc'"),
+        ("1.5", "n must be a whole number, got '1.5'"),
+        ("1e6", "n must be a whole number, got '1e6'"),
+        ("", "n must be a whole number, got ''"),
+        ("0", "n must be between 1 and 100000000, got '0'"),
+        ("-5", "n must be between 1 and 100000000, got '-5'"),
+        ("100000001", "n must be between 1 and 100000000, got '100000001'"),
+        ("9" * 5000, "n must be a whole number"),  # past int()'s digit limit
+    ],
+)
+async def test_bad_cpu_size_is_a_400_json_error(client: httpx.AsyncClient, route: str, n: str, message: str) -> None:
+    response = await client.get(route, params={"n": n})
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith(message)
