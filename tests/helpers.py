@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import httpx
 import pytest
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def start_end_order(records: Sequence[dict[str, Any]]) -> str:
@@ -27,19 +31,24 @@ def peak_in_flight(records: Sequence[dict[str, Any]]) -> int:
     return peak
 
 
+async def gather(fetch: Callable[[T], Awaitable[R]], items: Sequence[T]) -> list[R]:
+    """Runs ``fetch(item)`` for every item at once; the results in the items' order."""
+    results: dict[int, R] = {}
+
+    async def run(index: int, item: T) -> None:
+        results[index] = await fetch(item)
+
+    async with anyio.create_task_group() as group:
+        for index, item in enumerate(items):
+            group.start_soon(run, index, item)
+    return [results[index] for index in range(len(items))]
+
+
 async def get_all(client: httpx.AsyncClient, urls: Sequence[str]) -> tuple[list[httpx.Response], float]:
     """Sends every GET at once; returns the responses in order and the wall time."""
-    responses: list[httpx.Response | None] = [None] * len(urls)
-
-    async def get(index: int, url: str) -> None:
-        responses[index] = await client.get(url)
-
     began = time.perf_counter()
-    async with anyio.create_task_group() as group:
-        for index, url in enumerate(urls):
-            group.start_soon(get, index, url)
-    elapsed = time.perf_counter() - began
-    return [r for r in responses if r is not None], elapsed
+    responses = await gather(client.get, urls)
+    return responses, time.perf_counter() - began
 
 
 def json_records(responses: Sequence[httpx.Response]) -> list[dict[str, Any]]:
@@ -87,12 +96,4 @@ async def raw_get(base_url: str, target: str) -> tuple[int, bytes]:
 
 async def raw_get_all(base_url: str, targets: Sequence[str]) -> list[tuple[int, bytes]]:
     """Every GET at once, each on its own connection; results in order."""
-    results: list[tuple[int, bytes]] = [(0, b"")] * len(targets)
-
-    async def get(index: int, target: str) -> None:
-        results[index] = await raw_get(base_url, target)
-
-    async with anyio.create_task_group() as group:
-        for index, target in enumerate(targets):
-            group.start_soon(get, index, target)
-    return results
+    return await gather(functools.partial(raw_get, base_url), targets)
