@@ -32,13 +32,13 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from universities import (
     DEFAULT_COUNTRIES,
     CountryResult,
+    JSONResponse,
     StandInUpstream,
     Upstream,
     UpstreamError,

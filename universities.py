@@ -21,12 +21,19 @@ from typing import Any
 import anyio
 import httpx
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette import responses
 from starlette.routing import Route
 
 PUBLIC_API_URL = "http://universities.hipolabs.com"
 DEFAULT_COUNTRIES = ("turkey", "india", "australia")
 DATA_FILE = Path(__file__).with_name("universities_data.json")
+
+
+class JSONResponse(responses.JSONResponse):
+    """Starlette's JSON answer plus a final newline, so two ``curl``s in a row print two lines."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(content) + b"\n"
 
 
 @dataclass(frozen=True)
