@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import importlib.util
 import os
 import signal
 import socket
@@ -24,13 +26,30 @@ from asgi_app import Settings, create_app
 
 STARTUP_TIMEOUT = 10.0  # seconds to wait for server.started before giving up
 
+# The two server stacks a reader may run: what `uvicorn asgi_app:app` picks with
+# uvicorn[standard] installed (FastAPI's default), and plain uvicorn's.
+STACKS = {
+    "uvloop+httptools": {"loop": "uvloop", "http": "httptools"},
+    "asyncio+h11": {"loop": "asyncio", "http": "h11"},
+}
+DEFAULT_STACK = "uvloop+httptools" if importlib.util.find_spec("uvloop") else "asyncio+h11"
+# Runs a test module (or test) once per stack: `pytestmark = BOTH_STACKS`.
+BOTH_STACKS = pytest.mark.parametrize("stack", list(STACKS), indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest) -> str:
+    """The stack the servers of this test run on: the default one unless ``BOTH_STACKS`` says otherwise."""
+    return str(getattr(request, "param", DEFAULT_STACK))
+
 
 @contextlib.contextmanager
-def running_server(app: ASGIApp, *, lifespan: str = "on") -> Iterator[str]:
+def running_server(app: ASGIApp, *, lifespan: str = "on", stack: str = DEFAULT_STACK) -> Iterator[str]:
     """Serves ``app`` until the block ends; yields its base URL."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1
-    )
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1,
+        **STACKS[stack],
+    )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)
     thread.start()
@@ -52,21 +71,45 @@ ServeFn = Callable[..., str]
 
 
 @pytest.fixture
-def serve() -> Iterator[ServeFn]:
+def serve(stack: str) -> Iterator[ServeFn]:
     """``serve(thread_tokens=2)`` starts the app with those settings; ``serve(app=...)`` any app."""
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as servers:
 
         def start(app: ASGIApp | None = None, **settings: Any) -> str:
-            return stack.enter_context(running_server(app or create_app(Settings(**settings))))
+            return servers.enter_context(running_server(app or create_app(Settings(**settings)), stack=stack))
 
         yield start
 
 
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
+def base_url(stack: str) -> Iterator[str]:
     """The app with default settings, shared by a module's tests that change no state."""
-    with running_server(create_app(Settings())) as base:
+    with running_server(create_app(Settings()), stack=stack) as base:
         yield base
+
+
+@pytest.fixture(autouse=True)
+def alone_when_marked(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A test marked ``alone`` runs while no other test does, in any xdist worker.
+
+    Most tests only wait, so the suite runs on several processes; the few whose
+    claim needs free cores (CPU work, load) take the room for themselves. Two
+    locks make a readers-writer lock that favours the writer: a test marked
+    ``alone`` holds the gate, so no new test enters while it waits for the room.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the session's directory, above each worker's own
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(shared / "gate.lock", "a") as gate, open(shared / "room.lock", "a") as room:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        if not alone:
+            fcntl.flock(room, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            yield
+            return
+        fcntl.flock(room, fcntl.LOCK_EX)  # waits for the tests already inside to finish
+        yield
 
 
 @contextlib.asynccontextmanager
@@ -117,11 +160,14 @@ class UvicornProcess:
 
 
 @contextlib.contextmanager
-def uvicorn_process(*args: str, env: dict[str, str] | None = None, tmp: Path) -> Iterator[UvicornProcess]:
+def uvicorn_process(
+    *args: str, env: dict[str, str] | None = None, tmp: Path, stack: str = DEFAULT_STACK
+) -> Iterator[UvicornProcess]:
     """``uvicorn asgi_app:app ARGS`` as a real command on a free loopback port, stopped with SIGTERM."""
     port = unused_port()
     log = tmp / f"uvicorn-{port}.log"
-    command = [sys.executable, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port", str(port), *args]
+    command = [sys.executable, "-m", "uvicorn", "asgi_app:app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--loop", STACKS[stack]["loop"], "--http", STACKS[stack]["http"], *args]
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, cwd=REPO, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,

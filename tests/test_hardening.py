@@ -102,6 +102,7 @@ async def test_fault_storm_leaves_nothing_behind(tmp_path: Path, upstream_kind: 
     assert after["rss_bytes"] < baseline["rss_bytes"] + 32 * 2**20  # 300 failures later, not 32 MiB more
 
 
+@pytest.mark.alone
 async def test_thousand_concurrent_async_pings_all_answer(tmp_path: Path) -> None:
     with uvicorn_process(tmp=tmp_path) as server:
         results = await raw_get_all(server.base_url, ["/ping/async?delay=1"] * 1000)
@@ -110,6 +111,7 @@ async def test_thousand_concurrent_async_pings_all_answer(tmp_path: Path) -> Non
     assert peak_in_flight(records) > 900  # all of them asleep together, give or take the stragglers
 
 
+@pytest.mark.alone
 async def test_healthz_stays_prompt_under_thread_pool_load(tmp_path: Path) -> None:
     delay = 0.5
     with uvicorn_process(tmp=tmp_path) as server:

@@ -7,10 +7,10 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ServeFn, open_client
+from tests.conftest import BOTH_STACKS, ServeFn, open_client
 from tests.helpers import get_all, instant_ping_during, json_records, peak_in_flight, start_end_order
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, BOTH_STACKS]
 
 DELAY = 0.3
 
