@@ -19,9 +19,12 @@ import dataclasses
 import itertools
 import math
 import os
+import re
+import sys
 import threading
 import time
 import unicodedata
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -48,62 +51,90 @@ from universities import (
 )
 
 
+class SettingError(ValueError):
+    """A setting the app cannot run with; the message names its variable, value and what is allowed."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Every knob of the app; ``from_env`` reads them once, at import."""
+    """Every knob of the app. Field ``x`` is read from ``APP_X``, once, by ``from_env``.
 
-    max_delay: float = 10.0  # APP_MAX_DELAY: largest ?delay= a ping accepts, seconds
-    thread_tokens: int = 40  # APP_THREAD_TOKENS: AnyIO thread pool size (AnyIO's default)
-    upstream_url: str = ""  # APP_UPSTREAM_URL: universities API base URL; empty = the stand-in in this app
-    upstream_latency: float = 0.5  # APP_UPSTREAM_LATENCY: seconds the stand-in takes per search
-    upstream_timeout: float = 5.0  # APP_UPSTREAM_TIMEOUT: seconds for one whole upstream call
-    upstream_max_bytes: int = 5_000_000  # APP_UPSTREAM_MAX_BYTES: largest upstream body accepted
-    upstream_connections: int = 100  # APP_UPSTREAM_CONNECTIONS: per client, and async calls in flight
-    upstream_keepalive: float = 5.0  # APP_UPSTREAM_KEEPALIVE: seconds an idle upstream connection is kept
-    max_concurrency: int = 10  # APP_MAX_CONCURRENCY: upstream calls in flight per async request
-    max_countries: int = 20  # APP_MAX_COUNTRIES: distinct countries per request
-    max_country_length: int = 100  # APP_MAX_COUNTRY_LENGTH: characters in one country name
-    max_cpu_n: int = 100_000_000  # APP_MAX_CPU_N: largest ?n= a /cpu route accepts (about 10 s)
-    process_workers: int = os.cpu_count() or 2  # APP_PROCESS_WORKERS: /cpu/process calls at once
-    asyncio_debug: bool = False  # APP_ASYNCIO_DEBUG: report callbacks that hold the loop too long
-    slow_callback: float = 0.1  # APP_SLOW_CALLBACK: seconds that count as too long (asyncio's default)
+    Numbers must be above 0 unless a field's ``minimum`` says otherwise.
+    """
+
+    max_delay: float = 10.0  # largest ?delay= a ping accepts, seconds
+    thread_tokens: int = 40  # AnyIO thread pool size (AnyIO's default)
+    upstream_url: str = ""  # universities API base URL; empty = the stand-in in this app
+    upstream_latency: float = dataclasses.field(default=0.5, metadata={"minimum": 0})  # stand-in's seconds per search
+    upstream_timeout: float = 5.0  # seconds for one whole upstream call
+    upstream_max_bytes: int = 5_000_000  # largest upstream body accepted
+    upstream_connections: int = 100  # per client, and async calls in flight
+    upstream_keepalive: float = 5.0  # seconds an idle upstream connection is kept
+    max_concurrency: int = 10  # upstream calls in flight per async request
+    max_countries: int = 20  # distinct countries per request
+    max_country_length: int = 100  # characters in one country name
+    max_cpu_n: int = 100_000_000  # largest ?n= a /cpu route accepts (about 10 s)
+    process_workers: int = os.cpu_count() or 2  # /cpu/process calls at once
+    asyncio_debug: bool = False  # report callbacks that hold the loop too long
+    slow_callback: float = 0.1  # seconds that count as too long (asyncio's default)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if type(value) in (int, float) and not (value > 0 or (field.name == "upstream_latency" and value == 0)):
-                raise ValueError(f"{field.name} must be a positive number, got {value!r}")
+            if not allowed(field, getattr(self, field.name)):
+                raise SettingError(f"{env_name(field)}={getattr(self, field.name)!r}: {rule(field)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        def read(name: str, kind: type, default: Any) -> Any:
-            raw = environ.get(name)
-            if raw is None or raw == "":
-                return default
+        values = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(env_name(field), "")
+            if not raw:
+                continue
             try:
-                if kind is bool:
-                    return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[raw.lower()]
-                return kind(raw)
+                values[field.name] = PARSERS[field.type](raw)
             except (KeyError, ValueError):
-                raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+                values[field.name] = None  # fails allowed() below
+            if not allowed(field, values[field.name]):
+                raise SettingError(f"{env_name(field)}={raw!r}: {rule(field)}")
+        return cls(**values)
 
-        return cls(
-            max_delay=read("APP_MAX_DELAY", float, cls.max_delay),
-            thread_tokens=read("APP_THREAD_TOKENS", int, cls.thread_tokens),
-            upstream_url=read("APP_UPSTREAM_URL", str, cls.upstream_url),
-            upstream_latency=read("APP_UPSTREAM_LATENCY", float, cls.upstream_latency),
-            upstream_timeout=read("APP_UPSTREAM_TIMEOUT", float, cls.upstream_timeout),
-            upstream_max_bytes=read("APP_UPSTREAM_MAX_BYTES", int, cls.upstream_max_bytes),
-            upstream_connections=read("APP_UPSTREAM_CONNECTIONS", int, cls.upstream_connections),
-            upstream_keepalive=read("APP_UPSTREAM_KEEPALIVE", float, cls.upstream_keepalive),
-            max_concurrency=read("APP_MAX_CONCURRENCY", int, cls.max_concurrency),
-            max_countries=read("APP_MAX_COUNTRIES", int, cls.max_countries),
-            max_country_length=read("APP_MAX_COUNTRY_LENGTH", int, cls.max_country_length),
-            max_cpu_n=read("APP_MAX_CPU_N", int, cls.max_cpu_n),
-            process_workers=read("APP_PROCESS_WORKERS", int, cls.process_workers),
-            asyncio_debug=read("APP_ASYNCIO_DEBUG", bool, cls.asyncio_debug),
-            slow_callback=read("APP_SLOW_CALLBACK", float, cls.slow_callback),
-        )
+
+def env_name(field: dataclasses.Field[Any]) -> str:
+    return f"APP_{field.name.upper()}"
+
+
+def parse_bool(raw: str) -> bool:
+    return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[raw.lower()]
+
+
+PARSERS: dict[Any, Any] = {"int": int, "float": float, "bool": parse_bool, "str": str}
+
+
+def rule(field: dataclasses.Field[Any]) -> str:
+    """What a field allows, in words."""
+    minimum = field.metadata.get("minimum")
+    if field.type == "bool":
+        return "allowed: 1, true, yes, 0, false or no"
+    if field.type == "str":
+        return "allowed: an http:// or https:// URL with a host, or empty for the stand-in"
+    noun = "a whole number" if field.type == "int" else "a number"
+    return f"allowed: {noun} of {minimum} or more" if minimum is not None else f"allowed: {noun} above 0"
+
+
+def allowed(field: dataclasses.Field[Any], value: Any) -> bool:
+    if field.type == "bool":
+        return isinstance(value, bool)
+    if field.type == "str":
+        try:
+            url = urllib.parse.urlsplit(value)
+            url.port  # noqa: B018 -- raises ValueError when out of range
+        except (TypeError, ValueError):
+            return False
+        return value == "" or (url.scheme in ("http", "https") and bool(re.fullmatch(r"[\w.:-]+", url.hostname or "")))
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    minimum = field.metadata.get("minimum")
+    return value >= minimum if minimum is not None else value > 0
 
 
 # ---------------------------------------------------------------- middleware
@@ -462,4 +493,8 @@ def create_app(settings: Settings) -> ASGIApp:
     return TimingMiddleware(starlette_app)
 
 
-app = create_app(Settings.from_env())
+try:
+    SETTINGS = Settings.from_env()
+except SettingError as bad:
+    sys.exit(f"asgi_app: {bad}")  # one line naming the variable, not a traceback
+app = create_app(SETTINGS)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from asgi_app import Settings, create_app
-from tests.conftest import ServeFn, open_client, running_server
+from tests.conftest import BOTH_STACKS, ServeFn, open_client, running_server
 from tests.faulty_upstream import faulty_upstream
 from tests.helpers import peak_in_flight, start_end_order
 
@@ -27,6 +27,7 @@ async def get_ok(client: httpx.AsyncClient, url: str, **kwargs: Any) -> dict[str
     return response.json()
 
 
+@BOTH_STACKS
 async def test_sync_route_takes_the_sum_async_route_the_slowest(serve: ServeFn) -> None:
     async with open_client(serve(upstream_latency=LATENCY)) as client:
         sync = await get_ok(client, "/universities/sync")
@@ -51,6 +52,7 @@ async def test_records_have_the_public_api_schema(client: httpx.AsyncClient) -> 
     assert direct == records
 
 
+@BOTH_STACKS
 @pytest.mark.parametrize(("countries", "bound", "waves"), [(6, 2, 3), (12, 10, 2)])
 async def test_async_fanout_never_exceeds_its_bound(serve: ServeFn, countries: int, bound: int, waves: int) -> None:
     async with open_client(serve(upstream_latency=LATENCY)) as client:
