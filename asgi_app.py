@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import os
 import re
@@ -174,6 +175,46 @@ class TimingMiddleware:
 
 
 TIMING_HEADERS = (b"x-process-time", b"server-timing")
+
+
+class ShutdownMiddleware:
+    """Answers a JSON 503 to a request that uvicorn's shutdown cuts short.
+
+    With ``--timeout-graceful-shutdown N``, uvicorn cancels the requests still
+    running after N seconds. Left alone, the cancellation reaches uvicorn as an
+    error: the client gets a plain-text 500 and the log a traceback.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except asyncio.CancelledError as cancel:
+            if UVICORN_SHUTDOWN_CANCEL not in str(cancel):
+                raise  # any other cancellation is not ours to swallow
+            # The task ends here either way; answering instead of re-raising is what keeps
+            # the client's answer JSON and the log free of a traceback.
+            SERVER_LOG.warning("%s %s cut by shutdown: answered 503", scope["method"], scope["path"])
+            if not response_started:
+                await JSONResponse({"detail": "the server is shutting down"}, 503, {"Connection": "close"})(
+                    scope, receive, send
+                )
+
+
+UVICORN_SHUTDOWN_CANCEL = "timeout graceful shutdown exceeded"  # uvicorn 0.54's message on the cancellation
+SERVER_LOG = logging.getLogger("uvicorn.error")  # uvicorn's own log, in its format
 
 
 # ------------------------------------------------------------- pings, cpu
@@ -378,6 +419,7 @@ ROUTE_GUIDE: dict[str, tuple[str, str]] = {
         "?country=turkey&country=india",
     ),
     "/upstream/search": ("the offline stand-in for the public universities API", "?country=turkey"),
+    "/upstream/stats": ("the stand-in's searches in flight now, the most ever in flight, and served", ""),
     "/healthz": ("liveness, thread-pool use, and the threads, tasks, files and memory held", ""),
 }
 
@@ -468,7 +510,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
             }
 
 
-def create_app(settings: Settings) -> ASGIApp:
+def build_starlette(settings: Settings) -> Starlette:
+    """The Starlette app itself: routes, error handlers, lifespan. ``create_app`` wraps it."""
     routes = [
         Route("/", index),
         Route("/ping/blocking", ping_blocking),
@@ -488,9 +531,17 @@ def create_app(settings: Settings) -> ASGIApp:
         lifespan=lifespan,
     )
     starlette_app.state.settings = settings
+    return starlette_app
+
+
+def with_middleware(starlette_app: ASGIApp) -> ASGIApp:
     # Outside Starlette's own ServerErrorMiddleware, so even its 500 answer gets timed;
     # middleware=[Middleware(TimingMiddleware)] would sit inside it and miss that case.
-    return TimingMiddleware(starlette_app)
+    return TimingMiddleware(ShutdownMiddleware(starlette_app))
+
+
+def create_app(settings: Settings) -> ASGIApp:
+    return with_middleware(build_starlette(settings))
 
 
 try:

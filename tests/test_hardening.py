@@ -14,7 +14,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import running_server, unused_port, uvicorn_process
+from tests.conftest import BOTH_STACKS, running_server, unused_port, uvicorn_process
 from tests.faulty_upstream import faulty_upstream
 from tests.helpers import peak_in_flight, raw_get, raw_get_all
 
@@ -155,6 +155,32 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
     log = server.log_text()
     assert log.index("Application shutdown complete") > log.rindex('"GET /universities/async HTTP/1.1" 200')
     assert "ResourceWarning" not in log, log
+
+
+@BOTH_STACKS
+async def test_request_cut_by_shutdown_gets_a_json_503_and_no_traceback(tmp_path: Path, stack: str) -> None:
+    with uvicorn_process("--timeout-graceful-shutdown", "1", tmp=tmp_path, stack=stack) as server:
+        targets = ["/ping/async?delay=5", "/ping/thread?delay=5"]
+        results: list[tuple[int, bytes]] = []
+        async with anyio.create_task_group() as group:
+
+            async def send_all() -> None:
+                results.extend(await raw_get_all(server.base_url, targets))
+
+            group.start_soon(send_all)
+            with anyio.fail_after(10):
+                while server.log_text().count("start /ping/") < 2:
+                    await anyio.sleep(0.02)
+            began = time.perf_counter()
+            server.process.send_signal(signal.SIGTERM)
+        cut_after = time.perf_counter() - began
+        server.process.wait(timeout=10)
+    assert [status for status, _ in results] == [503, 503], results
+    assert [json.loads(body) for _, body in results] == [{"detail": "the server is shutting down"}] * 2
+    assert cut_after < 4  # cut at the 1 s timeout, not left to run their 5 s
+    log = server.log_text()
+    assert log.count("cut by shutdown: answered 503") == 2, log
+    assert "Traceback" not in log, log
 
 
 async def test_slow_header_sender_does_not_hold_up_others(tmp_path: Path) -> None:

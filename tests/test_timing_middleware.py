@@ -13,7 +13,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from asgi_app import Settings, TimingMiddleware, create_app
+from asgi_app import Settings, TimingMiddleware, build_starlette, with_middleware
 from tests.conftest import ServeFn, open_client
 
 pytestmark = pytest.mark.anyio
@@ -37,9 +37,9 @@ async def boom(request: Request) -> None:
 
 @pytest.fixture
 def app_with_failing_route() -> Any:
-    app = create_app(Settings())
-    app.app.router.routes.append(Route("/boom", boom))  # a fault injected for the test only
-    return app
+    inner = build_starlette(Settings())
+    inner.router.routes.append(Route("/boom", boom))  # a fault injected for the test only
+    return with_middleware(inner)
 
 
 @pytest.mark.parametrize(
@@ -138,3 +138,18 @@ async def test_streaming_response_is_timed_to_its_headers_not_its_body() -> None
     assert [m["type"] for m in sent].count("http.response.start") == 1
     assert b"".join(m.get("body", b"") for m in sent) == b"chunk" * 3
     assert float(dict(sent[0]["headers"])[b"x-process-time"]) < 0.1  # headers left before the first chunk
+
+
+async def test_every_json_body_ends_with_a_newline(client: httpx.AsyncClient) -> None:
+    for path in ("/", "/ping/async?delay=0", "/ping/async?delay=x", "/nowhere", "/healthz", "/upstream/stats"):
+        response = await client.get(path)
+        assert response.headers["content-type"] == "application/json", path
+        assert response.text.endswith("}\n") or response.text.endswith("]\n"), (path, response.text)
+
+
+async def test_index_lists_every_route_the_app_serves(client: httpx.AsyncClient) -> None:
+    routes = build_starlette(Settings()).routes
+    listed = {route["path"] for route in (await client.get("/")).json()["routes"]}
+    served = {route.path for route in routes if hasattr(route, "endpoint") and route.path != "/"}
+    mounted = {f"{mount.path}{route.path}" for mount in routes if hasattr(mount, "routes") for route in mount.routes}
+    assert listed == served | mounted
