@@ -219,7 +219,12 @@ async def fetch_all_async(
         async with anyio.create_task_group() as group:
             for country in countries:
                 group.start_soon(fetch, country)
-    except* UpstreamError as failures:
+    except ExceptionGroup as group:
+        # Not `except* UpstreamError`: CPython 3.11.0-3.11.3 wrap an exception raised
+        # inside an except* clause in a new group (Debian 12's python3 is 3.11.2).
+        failures = group.subgroup(UpstreamError)
+        if failures is None:
+            raise
         raise first_leaf(failures) from None
     return [results[country] for country in countries]
 
