@@ -3,9 +3,9 @@
     python docs/screenshot.py             # 1280 px wide, the README's picture
     python docs/screenshot.py --width 390 # what a phone shows
 
-It starts the app on a free loopback port, presses "Run /ping/blocking and
-/ping/async side by side", waits for the reading, and photographs that card
-and the loop-lag meter above it.
+It starts the app on a free loopback port, presses the two side-by-side
+buttons (sync next to async fan-out, then blocking next to async pings), waits
+for each reading, and photographs them with the loop-lag meter above.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from asgi_app import Settings, create_app  # noqa: E402
 from tests.browser import launch_chromium  # noqa: E402
 from tests.conftest import running_server  # noqa: E402
 
-SIDE_BY_SIDE = "Run /ping/blocking and /ping/async side by side"
+SIDE_BY_SIDE = (
+    "Run /universities/sync and /universities/async side by side",
+    "Run /ping/blocking and /ping/async side by side",
+)
 
 
 def main() -> None:
@@ -37,24 +40,24 @@ def main() -> None:
         page = browser.new_page(viewport={"width": args.width, "height": 900}, device_scale_factor=1)
         page.goto(base)
         page.get_by_text("loop lag now").wait_for()
-        card = page.locator("form.lesson", has=page.get_by_role("button", name=SIDE_BY_SIDE, exact=True))
-        card.get_by_role("button", name=SIDE_BY_SIDE, exact=True).click()
-        card.get_by_role("status").filter(has_text="the whole batch took").wait_for(timeout=30_000)
+        for name in SIDE_BY_SIDE:  # one after the other: a blocking ping would freeze the fan-out too
+            card = page.locator("form.lesson", has=page.get_by_role("button", name=name, exact=True))
+            card.get_by_role("button", name=name, exact=True).click()
+            card.get_by_role("status").filter(has_text="The whole batch took").wait_for(timeout=30_000)
         page.wait_for_timeout(600)  # one more lag poll, so the meter shows the spikes
         if args.full_page:
             page.screenshot(path=args.out, full_page=True)
         else:
-            box_lag, box_card = page.locator("#lag").bounding_box(), card.bounding_box()
-            assert box_lag and box_card
-            # The meter and the card, cut out of one full-page picture so both are on it.
-            top = box_lag["y"] - 8
-            card.scroll_into_view_if_needed()
-            page.evaluate("window.scrollTo(0, 0)")
-            page.screenshot(
-                path=args.out,
-                full_page=True,
-                clip={"x": 0, "y": top, "width": args.width, "height": box_card["y"] + box_card["height"] + 8 - top},
+            # From the lag meter to the last card run, in page coordinates, whatever the scroll.
+            top, bottom = page.evaluate(
+                """(last) => {
+                    const rect = (el) => el.getBoundingClientRect();
+                    const card = [...document.querySelectorAll("form.lesson")].find((f) => f.textContent.includes(last));
+                    return [rect(document.querySelector("#lag")).top + scrollY - 8, rect(card).bottom + scrollY + 8];
+                }""",
+                SIDE_BY_SIDE[-1],
             )
+            page.screenshot(path=args.out, full_page=True, clip={"x": 0, "y": top, "width": args.width, "height": bottom - top})
         browser.close()
     print(f"wrote {args.out}")
 

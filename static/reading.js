@@ -50,6 +50,6 @@ function readRoute(route, calls, params) {
 export function readBatch(plan, calls, done) {
   const sentences = plan.routes.map((route) => readRoute(route, calls.filter((c) => c.route === route), plan.params));
   if (done.timed_out) sentences.push(`cut off after ${fmt(done.wall)} s, ${done.unfinished} calls unfinished`);
-  else if (plan.routes.length > 1) sentences.push(`the whole batch took ${fmt(done.wall)} s`);
+  else if (plan.routes.length > 1) sentences.push(`The whole batch took ${fmt(done.wall)} s`);
   return sentences.join(". ") + ".";
 }

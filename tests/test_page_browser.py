@@ -119,7 +119,7 @@ def test_side_by_side_draws_both_routes_on_one_axis(visit: Visit) -> None:
     form = visit.lesson(route)
     form.get_by_role("button", name=f"Run {route}", exact=True).click()
     status = form.get_by_role("status")
-    status.filter(has_text="the whole batch took").wait_for(timeout=15_000)
+    status.filter(has_text="The whole batch took").wait_for(timeout=15_000)
     text = status.inner_text()
     assert "/universities/sync: 3 countries took" in text and "one after another" in text
     assert "/universities/async: 3 countries took" in text and "all at once" in text
