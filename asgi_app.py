@@ -14,8 +14,10 @@ Run it with ``uvicorn asgi_app:app``; ``GET /`` lists the routes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -27,6 +29,7 @@ import time
 import unicodedata
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -36,8 +39,12 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import FileResponse
 from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from batch import Batch, Call, EventStream, run_batch
 
 from universities import (
     DEFAULT_COUNTRIES,
@@ -78,6 +85,9 @@ class Settings:
     process_workers: int = os.cpu_count() or 2  # /cpu/process calls at once
     asyncio_debug: bool = False  # report callbacks that hold the loop too long
     slow_callback: float = 0.1  # seconds that count as too long (asyncio's default)
+    max_batch: int = 20  # calls per route in one /batch
+    batch_timeout: float = 60.0  # seconds one /batch may run before its calls are cut off
+    lag_interval: float = 0.05  # seconds the loop-lag meter sleeps between samples
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -368,12 +378,17 @@ def upstream_for(request: Request) -> Upstream:
     )
 
 
-def universities_json(route: str, results: list[CountryResult], began: float, **extra: Any) -> JSONResponse:
+def universities_json(
+    route: str, results: list[CountryResult], began: float, started: float, **extra: Any
+) -> JSONResponse:
+    elapsed = time.perf_counter() - began
     return JSONResponse(
         {
             "route": route,
             **extra,
-            "elapsed": round(time.perf_counter() - began, 4),
+            "started": started,  # Unix time, like the pings: the batch runner puts every route on one clock
+            "finished": started + elapsed,
+            "elapsed": round(elapsed, 4),
             "calls": [result.call_json() for result in results],
             "universities": {r.country: [u.to_json() for u in r.universities] for r in results},
         }
@@ -383,19 +398,19 @@ def universities_json(route: str, results: list[CountryResult], began: float, **
 def universities_sync(request: Request) -> JSONResponse:
     # A plain def, so it runs in a worker thread: the blocking client below
     # holds that thread, not the event loop, for the whole loop of calls.
-    began = time.perf_counter()
+    began, started = time.perf_counter(), time.time()
     countries, upstream = read_countries(request), upstream_for(request)
     results = fetch_all_sync(request.state.sync_client, upstream, countries)  # one call after another
-    return universities_json("/universities/sync", results, began)
+    return universities_json("/universities/sync", results, began, started)
 
 
 async def universities_async(request: Request) -> JSONResponse:
-    began = time.perf_counter()
+    began, started = time.perf_counter(), time.time()
     countries, upstream = read_countries(request), upstream_for(request)
     ceiling = request.app.state.settings.max_concurrency
     limit = read_number(request, "max_concurrency", kind=int, default=ceiling, high=ceiling)
     results = await fetch_all_async(request.state.client, upstream, countries, max_concurrency=limit)  # all at once
-    return universities_json("/universities/async", results, began, max_concurrency=limit)
+    return universities_json("/universities/async", results, began, started, max_concurrency=limit)
 
 
 # ----------------------------------------------------------- index, health
@@ -420,18 +435,26 @@ ROUTE_GUIDE: dict[str, tuple[str, str]] = {
     ),
     "/upstream/search": ("the offline stand-in for the public universities API", "?country=turkey"),
     "/upstream/stats": ("the stand-in's searches in flight now, the most ever in flight, and served", ""),
-    "/healthz": ("liveness, thread-pool use, and the threads, tasks, files and memory held", ""),
+    "/healthz": ("liveness, thread-pool use, event-loop lag, and the threads, tasks, files and memory held", ""),
+    "/batch": (
+        "fires a batch of calls at one or two of the routes above, streams each result (Server-Sent Events)",
+        "?route=/ping/async&calls=10&delay=1",
+    ),
 }
 
 
-async def index(request: Request) -> JSONResponse:
+async def index(request: Request) -> JSONResponse | FileResponse:
+    # One URL, two audiences: a browser gets the live page, curl and API clients the JSON.
+    vary = {"Vary": "Accept"}  # so a cache never hands one audience the other's answer
+    if prefers_html(request.headers.get("accept", "")):
+        return FileResponse(STATIC_DIR / "index.html", headers={**vary, "Cache-Control": "no-cache"})
     host, port = request.scope["server"] or ("127.0.0.1", 8000)
     base = f"http://{host}:{port}"
     routes = [
         {"path": path, "what": what, "try": f"curl '{base}{path}{query}'"}
         for path, (what, query) in ROUTE_GUIDE.items()
     ]
-    return JSONResponse({"app": "asgi_app", "routes": routes})
+    return JSONResponse({"app": "asgi_app", "routes": routes}, headers=vary)
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -446,6 +469,8 @@ async def healthz(request: Request) -> JSONResponse:
             "tasks": len(asyncio.all_tasks()),
             "open_fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None,
             "rss_bytes": resident_bytes(),
+            "batch_calls": {"borrowed": request.state.batch_slots.borrowed_tokens},
+            "loop_lag": request.state.lag_meter.report(),
         }
     )
 
@@ -457,6 +482,150 @@ def resident_bytes() -> int | None:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return None
+
+
+# ------------------------------------------------------------- live page
+
+STATIC_DIR = Path(__file__).with_name("static")
+
+# The routes a batch may call, the query parameters each takes, and its calls per batch by default.
+LESSONS: dict[str, tuple[tuple[str, ...], int]] = {
+    "/ping/blocking": (("delay",), 10),
+    "/ping/async": (("delay",), 10),
+    "/ping/thread": (("delay",), 10),
+    "/cpu/blocking": (("n",), 4),
+    "/cpu/thread": (("n",), 4),
+    "/cpu/process": (("n",), 4),
+    "/universities/sync": (("country",), 1),
+    "/universities/async": (("country", "max_concurrency"), 1),
+}
+MAX_BATCH_ROUTES = 2  # side by side: two lessons on one time axis
+
+
+def prefers_html(accept: str) -> bool:
+    """True when ``Accept`` ranks ``text/html`` above ``application/json``: a browser, not curl's ``*/*``."""
+    ranges: list[tuple[str, float]] = []
+    for part in accept.split(","):
+        kind, *params = (piece.strip() for piece in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # an unreadable weight counts as "not acceptable"
+        ranges.append((kind.lower(), q if math.isfinite(q) else 0.0))
+
+    def quality(media: str) -> float:
+        # The most specific range that matches decides (RFC 9110, 12.5.1).
+        family = media.split("/")[0] + "/*"
+        matches = [(kind == media, kind == family, q) for kind, q in ranges if kind in (media, family, "*/*")]
+        return max(matches)[2] if matches else 0.0
+
+    return quality("text/html") > quality("application/json")
+
+
+def read_routes(request: Request) -> list[str]:
+    routes = request.query_params.getlist("route")
+    known = ", ".join(LESSONS)
+    if not routes or len(routes) > MAX_BATCH_ROUTES:
+        raise HTTPException(400, f"route must be given once or twice (side by side), one of {known}")
+    for route in routes:
+        if route not in LESSONS:
+            raise HTTPException(400, f"route must be one of {known}, got {route!r}")
+    if len(set(routes)) < len(routes):
+        raise HTTPException(400, f"route given twice: {routes[0]!r}; side by side takes two different routes")
+    return routes
+
+
+def own_address(request: Request) -> str:
+    """The address this connection arrived on, read from its socket, never from the Host header."""
+    if request.scope.get("server") is None:  # e.g. uvicorn --uds
+        raise HTTPException(502, "no TCP address to send the batch to; serve on TCP to use /batch")
+    host, port = request.scope["server"]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def batch(request: Request) -> EventStream:
+    """``?route=/ping/async&calls=10&delay=1``: every call at once, each result streamed as it lands."""
+    settings: Settings = request.app.state.settings
+    routes = read_routes(request)
+    default_calls = max(LESSONS[route][1] for route in routes)
+    calls = read_number(request, "calls", kind=int, default=default_calls, high=settings.max_batch)
+    # Every parameter is checked here, before anything runs, exactly as the route itself would check it.
+    wanted = {name for route in routes for name in LESSONS[route][0]}
+    values: dict[str, list[str]] = {}
+    if "delay" in wanted:
+        values["delay"] = [str(read_delay(request))]
+    if "n" in wanted:
+        values["n"] = [str(read_n(request))]
+    if "country" in wanted:
+        values["country"] = read_countries(request)
+    if "max_concurrency" in wanted:
+        ceiling = settings.max_concurrency
+        values["max_concurrency"] = [str(read_number(request, "max_concurrency", kind=int, default=ceiling, high=ceiling))]
+    plan = [
+        Call(route, index, tuple((name, value) for name in LESSONS[route][0] for value in values[name]))
+        for index in range(calls)
+        for route in routes  # interleaved, so neither route gets a head start
+    ]
+    job = Batch(
+        base_url=own_address(request),
+        calls=plan,
+        plan={"routes": routes, "calls": calls, "params": values},
+        client=request.state.client,
+        slots=request.state.batch_slots,
+        timeout=settings.batch_timeout,
+    )
+    return EventStream(functools.partial(run_batch, job))
+
+
+LAG_SAMPLES = 64  # about three seconds of history at 50 ms when idle; a block is one sample, however long
+
+
+class LoopLagMeter:
+    """Sleeps a short interval over and over and records how late each wake-up came.
+
+    A wake-up is late by as long as something else held the event loop: a
+    ``time.sleep`` or a computation in an ``async def`` shows up here as one
+    sample the size of the block. It only awaits a timer, so it works the same
+    on asyncio's loop and uvloop, with no debug mode.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=LAG_SAMPLES)
+        self.max = 0.0
+
+    async def run(self) -> None:
+        while True:
+            began = time.perf_counter()
+            await anyio.sleep(self.interval)  # yields the loop; wakes late by however long others held it
+            lag = max(0.0, time.perf_counter() - began - self.interval)
+            self.samples.append((time.time(), lag))
+            self.max = max(self.max, lag)
+
+    def report(self) -> dict[str, Any]:
+        recent = [lag for _, lag in self.samples]
+        return {
+            "interval": self.interval,
+            "last": round(recent[-1], 4) if recent else 0.0,
+            "recent_max": round(max(recent, default=0.0), 4),
+            "max": round(self.max, 4),  # since the server started
+            "samples": [[round(at, 3), round(lag, 4)] for at, lag in self.samples],  # [Unix time, seconds late]
+        }
+
+
+@contextlib.asynccontextmanager
+async def measuring_loop_lag(interval: float) -> AsyncIterator[LoopLagMeter]:
+    meter = LoopLagMeter(interval)
+    async with anyio.create_task_group() as group:
+        group.start_soon(meter.run)
+        try:
+            yield meter
+        finally:
+            group.cancel_scope.cancel()
 
 
 # -------------------------------------------------------- errors, lifespan
@@ -500,14 +669,19 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     limits = httpx.Limits(
         max_connections=size, max_keepalive_connections=size, keepalive_expiry=settings.upstream_keepalive
     )
-    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
-        with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
-            yield {
-                "client": client,
-                "sync_client": sync_client,
-                "upstream_slots": anyio.CapacityLimiter(settings.upstream_connections),
-                "process_limiter": anyio.CapacityLimiter(settings.process_workers),
-            }
+    async with measuring_loop_lag(settings.lag_interval) as lag_meter:
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+            with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
+                yield {
+                    "client": client,
+                    "sync_client": sync_client,
+                    "upstream_slots": anyio.CapacityLimiter(settings.upstream_connections),
+                    "process_limiter": anyio.CapacityLimiter(settings.process_workers),
+                    # Batch calls share the client with the universities' upstream calls: holding at
+                    # most half its connections leaves the calls they make room to finish.
+                    "batch_slots": anyio.CapacityLimiter(max(1, settings.upstream_connections // 2)),
+                    "lag_meter": lag_meter,
+                }
 
 
 def build_starlette(settings: Settings) -> Starlette:
@@ -524,6 +698,8 @@ def build_starlette(settings: Settings) -> Starlette:
         Route("/universities/async", universities_async),
         Mount("/upstream", routes=StandInUpstream(load_records(), latency=settings.upstream_latency).routes()),
         Route("/healthz", healthz),
+        Route("/batch", batch),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     starlette_app = Starlette(
         routes=routes,

@@ -1,0 +1,158 @@
+"""The live page in a real Chromium: what a reader sees when they press the buttons.
+
+Skipped, with one line saying how to get a browser, where there is no Chromium;
+``REQUIRE_BROWSER=1`` (CI sets it) turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser import HOW_TO_GET_ONE, launch_chromium
+from tests.conftest import ServeFn
+
+try:
+    from playwright.sync_api import Page, sync_playwright
+except ImportError:  # the package is pinned in requirements.txt; a bare environment may lack it
+    sync_playwright = None
+
+TOOK = re.compile(r"took (\d+(?:\.\d+)?) s")
+WORST_LAG = re.compile(r"worst in the last \d+ s: (\d+) ms")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One Chromium for the whole module: starting it is most of a test's cost."""
+    if sync_playwright is None:
+        why = "playwright is not installed: pip install -r requirements.txt"
+    else:
+        with sync_playwright() as playwright:
+            try:
+                chromium = launch_chromium(playwright)
+            except Exception as exc:  # no executable, or one that cannot start here
+                why = f"{HOW_TO_GET_ONE} ({type(exc).__name__})"
+            else:
+                yield chromium
+                chromium.close()
+                return
+    if os.environ.get("REQUIRE_BROWSER") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+@dataclass
+class Visit:
+    """One page on a fresh server, with everything it requested and every error it logged."""
+
+    page: Page
+    base_url: str
+    requests: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def lesson(self, route: str) -> Any:
+        name = f"Run {route}"
+        return self.page.locator("form.lesson", has=self.page.get_by_role("button", name=name, exact=True))
+
+    def run(self, route: str, **params: str) -> tuple[float, int]:
+        """Fills in the lesson's inputs, presses its button; the announced wall time and the bars drawn."""
+        form = self.lesson(route)
+        for name, value in params.items():
+            form.locator(f"input[name={name}]").fill(value)
+        form.get_by_role("button", name=f"Run {route}", exact=True).click()
+        status = form.get_by_role("status")
+        status.filter(has_text=TOOK).wait_for(timeout=15_000)
+        match = TOOK.search(status.inner_text())
+        assert match, status.inner_text()
+        return float(match.group(1)), form.locator("svg rect.bar").count()
+
+    def worst_lag_ms(self) -> int:
+        match = WORST_LAG.search(self.page.locator("#lag-text").inner_text())
+        assert match, self.page.locator("#lag-text").inner_text()
+        return int(match.group(1))
+
+
+@pytest.fixture
+def visit(browser: Any, serve: ServeFn) -> Iterator[Visit]:
+    base_url = serve()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    seen = Visit(page, base_url)
+    page.on("request", lambda request: seen.requests.append(request.url))
+    page.on("console", lambda message: message.type == "error" and seen.errors.append(message.text))
+    page.on("pageerror", lambda error: seen.errors.append(str(error)))
+    page.goto(base_url)
+    page.get_by_text("loop lag now").wait_for()  # the modules ran and the first /healthz answered
+    yield seen
+    context.close()
+
+
+def test_blocking_pings_take_three_times_as_long_as_async_ones_on_the_page(visit: Visit) -> None:
+    blocking, blocking_bars = visit.run("/ping/blocking", calls="5", delay="0.25")
+    awaiting, async_bars = visit.run("/ping/async", calls="5", delay="0.25")
+    assert (blocking_bars, async_bars) == (5, 5)
+    assert blocking >= 3 * awaiting, (blocking, awaiting)
+    assert "one at a time" in visit.lesson("/ping/blocking").get_by_role("status").inner_text()
+    assert "all at once" in visit.lesson("/ping/async").get_by_role("status").inner_text()
+
+
+def test_lag_meter_rises_during_a_blocking_run(visit: Visit) -> None:
+    visit.run("/ping/async", calls="2", delay="0.5")
+    visit.page.wait_for_timeout(600)  # two more polls
+    assert visit.worst_lag_ms() < 200  # awaiting left the loop free
+    visit.run("/ping/blocking", calls="1", delay="0.6")
+    visit.page.wait_for_function(
+        "() => /worst in the last \\d+ s: ([5-9]\\d\\d|\\d{4,}) ms/.test(document.querySelector('#lag-text').textContent)",
+        timeout=5_000,
+    )
+    assert visit.worst_lag_ms() >= 500
+
+
+def test_side_by_side_draws_both_routes_on_one_axis(visit: Visit) -> None:
+    route = "/universities/sync and /universities/async side by side"
+    form = visit.lesson(route)
+    form.get_by_role("button", name=f"Run {route}", exact=True).click()
+    status = form.get_by_role("status")
+    status.filter(has_text="The whole batch took").wait_for(timeout=15_000)
+    text = status.inner_text()
+    assert "/universities/sync: 3 countries took" in text and "one after another" in text
+    assert "/universities/async: 3 countries took" in text and "all at once" in text
+    assert form.locator("svg rect.bar").count() == 2 + 6  # two requests, three upstream calls each
+    assert form.locator("svg").count() == 1
+
+
+def test_page_uses_only_its_own_origin_and_logs_no_error(visit: Visit) -> None:
+    visit.run("/cpu/process", calls="2", n="100000")
+    visit.run("/universities/async", country="turkey, chile")
+    assert visit.requests, "no request was recorded"
+    foreign = [url for url in visit.requests if not url.startswith(visit.base_url + "/")]
+    assert foreign == []
+    assert visit.errors == []
+
+
+def test_page_fits_a_phone_and_runs_from_the_keyboard(visit: Visit) -> None:
+    visit.page.set_viewport_size({"width": 390, "height": 844})
+    form = visit.lesson("/ping/async")
+    form.locator("input[name=delay]").fill("0.1")
+    form.locator("input[name=calls]").press("Enter")  # a form: Enter in a field runs it
+    form.get_by_role("status").filter(has_text=TOOK).wait_for(timeout=10_000)
+    assert form.locator("svg rect.bar").count() == 10
+    overflow = visit.page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"{overflow} px of sideways scrolling at 390 px"
+    visit.page.keyboard.press("Shift+Tab")  # focus is still on the form, so the reader can go on
+    assert visit.page.evaluate("document.activeElement.closest('form') !== null")
+
+
+def test_json_index_is_unchanged_for_api_clients(visit: Visit) -> None:
+    as_json = visit.page.request.get(visit.base_url + "/", headers={"Accept": "application/json"})
+    plain = httpx.get(visit.base_url + "/")
+    assert as_json.status == 200
+    assert as_json.json() == plain.json()
+    assert as_json.headers["vary"] == "Accept"
+    assert visit.page.locator("h1").inner_text() == "See it happen"  # while the browser got the page

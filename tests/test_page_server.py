@@ -1,0 +1,84 @@
+"""What the live page needs from the server: one URL for two audiences, its files, and the loop-lag meter."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from asgi_app import prefers_html
+
+pytestmark = pytest.mark.anyio
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
+@pytest.mark.parametrize(
+    ("accept", "html"),
+    [
+        (BROWSER_ACCEPT, True),
+        ("text/html", True),
+        ("application/json;q=0.5, text/html", True),
+        ("*/*", False),  # curl, httpx
+        ("", False),
+        ("application/json", False),
+        ("text/html;q=0.5, application/json", False),
+        ("text/*;q=0.9, */*", False),
+        ("text/html;q=0, */*", False),
+        ("text/html;q=abc", False),
+        ("text/html;q=nan, application/json;q=0.1", False),
+        (";;;,,,q=", False),
+    ],
+)
+def test_html_only_when_accept_ranks_it_above_json(accept: str, html: bool) -> None:
+    assert prefers_html(accept) is html
+
+
+async def test_browser_gets_the_page_and_json_clients_the_unchanged_index(client: httpx.AsyncClient) -> None:
+    page = await client.get("/", headers={"Accept": BROWSER_ACCEPT})
+    default = await client.get("/")
+    as_json = await client.get("/", headers={"Accept": "application/json"})
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<script type="module"' in page.text
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.json() == default.json()
+    assert [route["path"] for route in as_json.json()["routes"]][:3] == ["/ping/blocking", "/ping/async", "/ping/thread"]
+    for response in (page, default, as_json):
+        assert response.headers["vary"] == "Accept"
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [("/static/index.html", "text/html"), ("/static/page.css", "text/css"), ("/static/batch.js", "javascript")],
+)
+async def test_the_page_files_are_served_by_the_app(client: httpx.AsyncClient, path: str, kind: str) -> None:
+    response = await client.get(path)
+    assert response.status_code == 200, response.text
+    assert kind in response.headers["content-type"]
+
+
+async def test_a_missing_page_file_is_a_json_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/static/nothing.js")
+    assert response.status_code == 404, response.text
+    assert response.json() == {"detail": "Not Found"}
+
+
+async def lag(client: httpx.AsyncClient) -> dict[str, float]:
+    response = await client.get("/healthz")
+    assert response.status_code == 200, response.text
+    return response.json()["loop_lag"]
+
+
+async def test_loop_lag_meter_sees_a_blocking_ping_and_not_an_async_one(client: httpx.AsyncClient) -> None:
+    idle = await lag(client)
+    assert idle["interval"] == 0.05 and len(idle["samples"]) > 0
+    response = await client.get("/ping/async?delay=0.5")
+    assert response.status_code == 200, response.text
+    after_async = await lag(client)
+    response = await client.get("/ping/blocking?delay=0.5")
+    assert response.status_code == 200, response.text
+    after_blocking = await lag(client)
+    assert after_async["max"] < 0.2  # half a second of awaiting: the meter kept waking on time
+    assert after_blocking["max"] >= 0.4  # half a second of time.sleep: one wake-up that late
+    assert after_blocking["recent_max"] == max(lag for _, lag in after_blocking["samples"])
+
