@@ -113,7 +113,7 @@ async def test_thousand_concurrent_async_pings_all_answer(tmp_path: Path) -> Non
 
 @pytest.mark.alone
 async def test_healthz_stays_prompt_under_thread_pool_load(tmp_path: Path) -> None:
-    delay = 0.5
+    delay = 0.3
     with uvicorn_process(tmp=tmp_path) as server:
         results: list[tuple[int, bytes]] = []
         async with anyio.create_task_group() as group:

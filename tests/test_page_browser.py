@@ -23,6 +23,9 @@ try:
 except ImportError:  # the package is pinned in requirements.txt; a bare environment may lack it
     sync_playwright = None
 
+# One xdist worker runs them all, so Chromium starts once per run, not once per worker.
+pytestmark = pytest.mark.xdist_group("browser")
+
 TOOK = re.compile(r"took (\d+(?:\.\d+)?) s")
 WORST_LAG = re.compile(r"worst in the last \d+ s: (\d+) ms")
 
