@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from asgi_app import Settings, SettingError
+from asgi_app import Settings, SettingError, env_name
 from tests.conftest import REPO
 
 
@@ -69,3 +71,22 @@ def test_zero_upstream_latency_is_allowed_and_public_urls_are_accepted() -> None
 def test_settings_built_in_code_are_checked_the_same_way() -> None:
     with pytest.raises(SettingError, match=r"^APP_THREAD_TOKENS=0: allowed: a whole number above 0$"):
         Settings(thread_tokens=0)
+
+
+def test_readme_settings_table_matches_the_settings_class() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| variable | default | meaning |") :].split("\n\n", 1)[0]
+    rows = dict(re.findall(r"^\| `(APP_\w+)` \| ([^|]+?) \|", table, flags=re.MULTILINE))
+    defaults = Settings()
+    expected = {}
+    for field in dataclasses.fields(Settings):
+        value = getattr(defaults, field.name)
+        if field.name == "process_workers":
+            expected[env_name(field)] = "number of CPUs"  # computed on the machine that runs it
+        elif isinstance(value, bool):
+            expected[env_name(field)] = f"`{int(value)}`"
+        elif value == "":
+            expected[env_name(field)] = "empty"
+        else:
+            expected[env_name(field)] = f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+    assert rows == expected
