@@ -246,7 +246,8 @@ def read_number(
         value = kind(values[0])
     except ValueError:
         raise HTTPException(400, f"{name} must be a {noun}{' of ' + unit if unit else ''}, got {values[0]!r}") from None
-    if not math.isfinite(value) or not low <= value <= high:
+    # isfinite() of an int too large for a float raises OverflowError: only floats need the check.
+    if (kind is float and not math.isfinite(value)) or not low <= value <= high:
         limit = f"{high:g}" if kind is float else str(high)
         raise HTTPException(
             400, f"{name} must be between {low} and {limit}{' ' + unit if unit else ''}, got {values[0]!r}"

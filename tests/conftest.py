@@ -88,28 +88,62 @@ def base_url(stack: str) -> Iterator[str]:
         yield base
 
 
-@pytest.fixture(autouse=True)
-def alone_when_marked(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A test marked ``alone`` runs while no other test does, in any xdist worker.
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``alone`` first (see ``take_turns``): at the start every other test is short."""
+    items.sort(key=lambda item: item.get_closest_marker("alone") is None)  # stable: order kept otherwise
+
+
+class Room:
+    """A readers-writer lock across xdist workers, from two lock files.
 
     Most tests only wait, so the suite runs on several processes; the few whose
-    claim needs free cores (CPU work, load) take the room for themselves. Two
-    locks make a readers-writer lock that favours the writer: a test marked
-    ``alone`` holds the gate, so no new test enters while it waits for the room.
+    claim needs free cores (CPU work, load) take the room for themselves. The
+    writer holds the gate, so no new test enters while it waits for the room,
+    and keeps the room across consecutive ``alone`` tests, so it waits for it only once.
     """
+
+    def __init__(self, directory: Path) -> None:
+        self.gate = open(directory / "gate.lock", "a")  # noqa: SIM115 -- held for the whole session
+        self.room = open(directory / "room.lock", "a")  # noqa: SIM115
+        self.exclusive = False
+
+    def enter(self, *, alone: bool) -> None:
+        if alone and self.exclusive:
+            return
+        if self.exclusive:
+            fcntl.flock(self.room, fcntl.LOCK_UN)
+            fcntl.flock(self.gate, fcntl.LOCK_UN)
+            self.exclusive = False
+        fcntl.flock(self.gate, fcntl.LOCK_EX)
+        if alone:
+            fcntl.flock(self.room, fcntl.LOCK_EX)  # waits for the tests already inside to finish
+            self.exclusive = True
+            return
+        fcntl.flock(self.room, fcntl.LOCK_SH)
+        fcntl.flock(self.gate, fcntl.LOCK_UN)
+
+    def leave(self) -> None:
+        if not self.exclusive:
+            fcntl.flock(self.room, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # the session's directory, above each worker's own
-    alone = request.node.get_closest_marker("alone") is not None
-    with open(shared / "gate.lock", "a") as gate, open(shared / "room.lock", "a") as room:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        if not alone:
-            fcntl.flock(room, fcntl.LOCK_SH)
-            fcntl.flock(gate, fcntl.LOCK_UN)
-            yield
-            return
-        fcntl.flock(room, fcntl.LOCK_EX)  # waits for the tests already inside to finish
-        yield
+    shared_room = Room(shared)
+    yield shared_room
+    shared_room.gate.close()
+    shared_room.room.close()
+
+
+@pytest.fixture(autouse=True)
+def take_turns(request: pytest.FixtureRequest, room: Room) -> Iterator[None]:
+    """A test marked ``alone`` runs while no other test does, in any xdist worker."""
+    room.enter(alone=request.node.get_closest_marker("alone") is not None)
+    yield
+    room.leave()
 
 
 @contextlib.asynccontextmanager

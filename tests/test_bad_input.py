@@ -87,6 +87,7 @@ async def test_twenty_distinct_countries_are_accepted(serve: ServeFn) -> None:
         ("-5", "n must be between 1 and 100000000, got '-5'"),
         ("100000001", "n must be between 1 and 100000000, got '100000001'"),
         ("9" * 5000, "n must be a whole number"),  # past int()'s digit limit
+        ("9" * 4000, "n must be between 1 and 100000000"),  # an int, but too large for a float
     ],
 )
 async def test_bad_cpu_size_is_a_400_json_error(client: httpx.AsyncClient, route: str, n: str, message: str) -> None:

@@ -12,7 +12,7 @@ from tests.helpers import get_all, instant_ping_during, json_records, peak_in_fl
 
 pytestmark = [pytest.mark.anyio, BOTH_STACKS]
 
-DELAY = 0.3
+DELAY = 0.2
 
 
 async def test_time_sleep_in_async_def_serializes_requests(client: httpx.AsyncClient) -> None:
@@ -59,14 +59,14 @@ async def test_def_endpoint_queues_in_waves_beyond_thread_limit(serve: ServeFn) 
 async def test_instant_async_ping_waits_for_a_blocking_ping(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    blocking, instant = await instant_ping_during(client, capsys, "/ping/blocking?delay=1")
+    blocking, instant = await instant_ping_during(client, capsys, "/ping/blocking?delay=0.5")
     assert instant["started"] >= blocking["finished"]
 
 
 async def test_instant_async_ping_need_not_wait_for_a_thread_ping(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    threaded, instant = await instant_ping_during(client, capsys, "/ping/thread?delay=1")
+    threaded, instant = await instant_ping_during(client, capsys, "/ping/thread?delay=0.5")
     assert instant["finished"] < threaded["finished"]
 
 

@@ -16,7 +16,7 @@ from tests.helpers import peak_in_flight, start_end_order
 
 pytestmark = pytest.mark.anyio
 
-LATENCY = 0.3
+LATENCY = 0.2
 TWELVE = ["turkey", "india", "australia", "germany", "france", "japan", "canada", "brazil", "italy", "spain",
           "netherlands", "new zealand"]  # fmt: skip
 

@@ -20,8 +20,8 @@ FAULTS = [
     ("huge", 502, "body larger than 100000 bytes"),
     ("endless", 502, "body larger than 100000 bytes"),
     ("reset", 502, "RemoteProtocolError"),
-    ("hang", 504, "no answer within 1 s"),
-    ("trickle", 504, "no answer within 1 s"),
+    ("hang", 504, "no answer within 0.5 s"),
+    ("trickle", 504, "no answer within 0.5 s"),
 ]
 
 
@@ -32,7 +32,7 @@ def upstream() -> Iterator[str]:
 
 
 async def assert_fault_maps_to(serve: ServeFn, upstream_url: str, status: int, cause: str, route: str) -> None:
-    base = serve(upstream_url=upstream_url, upstream_timeout=1.0, upstream_max_bytes=100_000)
+    base = serve(upstream_url=upstream_url, upstream_timeout=0.5, upstream_max_bytes=100_000)
     async with open_client(base) as client:
         response = await client.get(route, params={"country": ["narnia"]})
         assert response.status_code == status, response.text
