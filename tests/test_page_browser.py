@@ -108,13 +108,14 @@ def test_blocking_pings_take_three_times_as_long_as_async_ones_on_the_page(visit
 def test_lag_meter_rises_during_a_blocking_run(visit: Visit) -> None:
     visit.run("/ping/async", calls="2", delay="0.5")
     visit.page.wait_for_timeout(600)  # two more polls
-    assert visit.worst_lag_ms() < 200  # awaiting left the loop free
-    visit.run("/ping/blocking", calls="1", delay="0.6")
+    idle = visit.worst_lag_ms()
+    assert idle < 500  # awaiting left the loop free (a busy test machine adds a little)
+    visit.run("/ping/blocking", calls="1", delay="1")
     visit.page.wait_for_function(
-        "() => /worst in the last \\d+ s: ([5-9]\\d\\d|\\d{4,}) ms/.test(document.querySelector('#lag-text').textContent)",
+        "() => /worst in the last \\d+ s: (9\\d\\d|\\d{4,}) ms/.test(document.querySelector('#lag-text').textContent)",
         timeout=5_000,
     )
-    assert visit.worst_lag_ms() >= 500
+    assert visit.worst_lag_ms() >= 900  # the whole 1 s block, as one spike
 
 
 def test_side_by_side_draws_both_routes_on_one_axis(visit: Visit) -> None:
