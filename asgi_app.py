@@ -151,6 +151,9 @@ def allowed(field: dataclasses.Field[Any], value: Any) -> bool:
 # ---------------------------------------------------------------- middleware
 
 
+TIMING_HEADERS = (b"x-process-time", b"server-timing")
+
+
 class TimingMiddleware:
     """Adds ``X-Process-Time`` (seconds) and ``Server-Timing`` (milliseconds).
 
@@ -183,8 +186,6 @@ class TimingMiddleware:
 
         await self.app(scope, receive, send_with_timing)
 
-
-TIMING_HEADERS = (b"x-process-time", b"server-timing")
 
 
 class ShutdownMiddleware:
@@ -256,7 +257,7 @@ def read_number(
 
 
 def read_delay(request: Request) -> float:
-    max_delay = request.app.state.settings.max_delay
+    max_delay = settings_of(request).max_delay
     return read_number(request, "delay", kind=float, default=1.0, high=max_delay, unit="seconds")
 
 
@@ -317,7 +318,7 @@ def burn_cpu(n: int) -> dict[str, Any]:
 
 
 def read_n(request: Request) -> int:
-    return read_number(request, "n", kind=int, default=5_000_000, high=request.app.state.settings.max_cpu_n)
+    return read_number(request, "n", kind=int, default=5_000_000, high=settings_of(request).max_cpu_n)
 
 
 async def cpu_blocking(request: Request) -> JSONResponse:
@@ -347,7 +348,7 @@ async def cpu_process(request: Request) -> JSONResponse:
 
 def read_countries(request: Request) -> list[str]:
     """Distinct ``?country=`` values in order (case-insensitively), or the articles' three."""
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     countries: dict[str, str] = {}
     for raw in request.query_params.getlist("country"):
         country = raw.strip()
@@ -362,7 +363,7 @@ def read_countries(request: Request) -> list[str]:
 
 
 def upstream_for(request: Request) -> Upstream:
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     base = settings.upstream_url.rstrip("/")
     if not base:
         # The stand-in is mounted in this very server: call the address this
@@ -408,7 +409,7 @@ def universities_sync(request: Request) -> JSONResponse:
 async def universities_async(request: Request) -> JSONResponse:
     began, started = time.perf_counter(), time.time()
     countries, upstream = read_countries(request), upstream_for(request)
-    ceiling = request.app.state.settings.max_concurrency
+    ceiling = settings_of(request).max_concurrency
     limit = read_number(request, "max_concurrency", kind=int, default=ceiling, high=ceiling)
     results = await fetch_all_async(request.state.client, upstream, countries, max_concurrency=limit)  # all at once
     return universities_json("/universities/async", results, began, started, max_concurrency=limit)
@@ -550,7 +551,7 @@ def own_address(request: Request) -> str:
 
 async def batch(request: Request) -> EventStream:
     """``?route=/ping/async&calls=10&delay=1``: every call at once, each result streamed as it lands."""
-    settings: Settings = request.app.state.settings
+    settings = settings_of(request)
     routes = read_routes(request)
     default_calls = max(LESSONS[route][1] for route in routes)
     calls = read_number(request, "calls", kind=int, default=default_calls, high=settings.max_batch)
@@ -674,6 +675,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
             with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
                 yield {
+                    "settings": settings,  # what handlers read, through settings_of(request)
                     "client": client,
                     "sync_client": sync_client,
                     "upstream_slots": anyio.CapacityLimiter(settings.upstream_connections),
@@ -683,6 +685,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
                     "batch_slots": anyio.CapacityLimiter(max(1, settings.upstream_connections // 2)),
                     "lag_meter": lag_meter,
                 }
+
+
+def settings_of(request: Request) -> Settings:
+    """The one way a handler reaches configuration: the lifespan's state, copied into each request."""
+    settings: Settings = request.state.settings
+    return settings
 
 
 def build_starlette(settings: Settings) -> Starlette:
