@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import inspect
 import functools
 import itertools
 import logging
@@ -40,7 +41,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -273,8 +274,9 @@ def where_am_i() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def run_record(route: str, **params: float) -> Iterator[dict[str, Any]]:
+def run_record(request: Request, **params: float) -> Iterator[dict[str, Any]]:
     """Prints a start and an end line, and fills in where and when the body ran."""
+    route = request.scope["route"].path  # the path as routed, the same in every line and answer
     number = next(REQUEST_NUMBERS)
     record: dict[str, Any] = {"route": route, **params, **where_am_i()}
     shown = " ".join(f"{key}={value}" for key, value in params.items())
@@ -286,24 +288,36 @@ def run_record(route: str, **params: float) -> Iterator[dict[str, Any]]:
 
 
 async def ping_blocking(request: Request) -> JSONResponse:
+    """async def + time.sleep: blocks the event loop, calls run one after another.
+
+    Try: ?delay=1
+    """
     delay = read_delay(request)
-    with run_record("/ping/blocking", delay=delay) as record:
+    with run_record(request, delay=delay) as record:
         time.sleep(delay)  # blocks the event loop: no other request runs until it returns
     return JSONResponse(record)
 
 
 async def ping_async(request: Request) -> JSONResponse:
+    """async def + await anyio.sleep: yields the loop, calls overlap.
+
+    Try: ?delay=1
+    """
     delay = read_delay(request)
-    with run_record("/ping/async", delay=delay) as record:
+    with run_record(request, delay=delay) as record:
         await anyio.sleep(delay)  # yields the event loop: other requests run meanwhile
     return JSONResponse(record)
 
 
 def ping_thread(request: Request) -> JSONResponse:
+    """plain def + time.sleep: runs in the AnyIO thread pool, overlaps up to its size.
+
+    Try: ?delay=1
+    """
     # A plain def: Starlette hands the whole call to anyio.to_thread.run_sync,
     # so it holds one thread-pool token from here to the return.
     delay = read_delay(request)
-    with run_record("/ping/thread", delay=delay) as record:
+    with run_record(request, delay=delay) as record:
         time.sleep(delay)  # blocks this worker thread only; the event loop stays free
     return JSONResponse(record)
 
@@ -322,22 +336,34 @@ def read_n(request: Request) -> int:
 
 
 async def cpu_blocking(request: Request) -> JSONResponse:
+    """async def + pure-Python loop: freezes the event loop for everyone.
+
+    Try: ?n=5000000
+    """
     n = read_n(request)
-    with run_record("/cpu/blocking", n=n) as record:
+    with run_record(request, n=n) as record:
         record["work"] = burn_cpu(n)  # computes on the event loop: every other request waits
     return JSONResponse(record)
 
 
 def cpu_thread(request: Request) -> JSONResponse:
+    """plain def + the same loop: loop stays free, but the GIL lets one thread compute at a time.
+
+    Try: ?n=5000000
+    """
     n = read_n(request)
-    with run_record("/cpu/thread", n=n) as record:
+    with run_record(request, n=n) as record:
         record["work"] = burn_cpu(n)  # the loop stays free, but threads share one GIL: no speed-up
     return JSONResponse(record)
 
 
 async def cpu_process(request: Request) -> JSONResponse:
+    """anyio.to_process.run_sync: the loop runs in a worker process, on another core.
+
+    Try: ?n=5000000
+    """
     n = read_n(request)
-    with run_record("/cpu/process", n=n) as record:
+    with run_record(request, n=n) as record:
         limiter = request.state.process_limiter
         record["work"] = await anyio.to_process.run_sync(burn_cpu, n, limiter=limiter)  # another process, own GIL
     return JSONResponse(record)
@@ -362,16 +388,24 @@ def read_countries(request: Request) -> list[str]:
     return list(countries.values()) or list(DEFAULT_COUNTRIES)
 
 
+def own_address(request: Request) -> str | None:
+    """``http://host:port`` this connection arrived on, read from its socket, never from the Host header."""
+    if request.scope.get("server") is None:  # e.g. uvicorn --uds: no TCP address at all
+        return None
+    host, port = request.scope["server"]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def upstream_for(request: Request) -> Upstream:
     settings = settings_of(request)
     base = settings.upstream_url.rstrip("/")
     if not base:
         # The stand-in is mounted in this very server: call the address this
         # connection arrived on (its socket), never one named by a request header.
-        if request.scope.get("server") is None:  # e.g. uvicorn --uds
+        own = own_address(request)
+        if own is None:
             raise HTTPException(502, "no TCP address to reach the stand-in upstream on; set APP_UPSTREAM_URL")
-        host, port = request.scope["server"]
-        base = f"http://[{host}]:{port}/upstream" if ":" in host else f"http://{host}:{port}/upstream"
+        base = f"{own}/upstream"
     return Upstream(
         search_url=f"{base}/search",
         timeout=settings.upstream_timeout,
@@ -381,12 +415,12 @@ def upstream_for(request: Request) -> Upstream:
 
 
 def universities_json(
-    route: str, results: list[CountryResult], began: float, started: float, **extra: Any
+    request: Request, results: list[CountryResult], began: float, started: float, **extra: Any
 ) -> JSONResponse:
     elapsed = time.perf_counter() - began
     return JSONResponse(
         {
-            "route": route,
+            "route": request.scope["route"].path,
             **extra,
             "started": started,  # Unix time, like the pings: the batch runner puts every route on one clock
             "finished": started + elapsed,
@@ -398,51 +432,41 @@ def universities_json(
 
 
 def universities_sync(request: Request) -> JSONResponse:
+    """plain def + httpx.Client: one upstream call per country, one after another.
+
+    Try: ?country=turkey&country=india
+    """
     # A plain def, so it runs in a worker thread: the blocking client below
     # holds that thread, not the event loop, for the whole loop of calls.
     began, started = time.perf_counter(), time.time()
     countries, upstream = read_countries(request), upstream_for(request)
     results = fetch_all_sync(request.state.sync_client, upstream, countries)  # one call after another
-    return universities_json("/universities/sync", results, began, started)
+    return universities_json(request, results, began, started)
 
 
 async def universities_async(request: Request) -> JSONResponse:
+    """async def + shared httpx.AsyncClient: all countries at once, bounded.
+
+    Try: ?country=turkey&country=india
+    """
     began, started = time.perf_counter(), time.time()
     countries, upstream = read_countries(request), upstream_for(request)
     ceiling = settings_of(request).max_concurrency
     limit = read_number(request, "max_concurrency", kind=int, default=ceiling, high=ceiling)
     results = await fetch_all_async(request.state.client, upstream, countries, max_concurrency=limit)  # all at once
-    return universities_json("/universities/async", results, began, started, max_concurrency=limit)
+    return universities_json(request, results, began, started, max_concurrency=limit)
 
 
 # ----------------------------------------------------------- index, health
 
-ROUTE_GUIDE: dict[str, tuple[str, str]] = {
-    "/ping/blocking": ("async def + time.sleep: blocks the event loop, calls run one after another", "?delay=1"),
-    "/ping/async": ("async def + await anyio.sleep: yields the loop, calls overlap", "?delay=1"),
-    "/ping/thread": ("plain def + time.sleep: runs in the AnyIO thread pool, overlaps up to its size", "?delay=1"),
-    "/cpu/blocking": ("async def + pure-Python loop: freezes the event loop for everyone", "?n=5000000"),
-    "/cpu/thread": (
-        "plain def + the same loop: loop stays free, but the GIL lets one thread compute at a time",
-        "?n=5000000",
-    ),
-    "/cpu/process": ("anyio.to_process.run_sync: the loop runs in a worker process, on another core", "?n=5000000"),
-    "/universities/sync": (
-        "plain def + httpx.Client: one upstream call per country, one after another",
-        "?country=turkey&country=india",
-    ),
-    "/universities/async": (
-        "async def + shared httpx.AsyncClient: all countries at once, bounded",
-        "?country=turkey&country=india",
-    ),
-    "/upstream/search": ("the offline stand-in for the public universities API", "?country=turkey"),
-    "/upstream/stats": ("the stand-in's searches in flight now, the most ever in flight, and served", ""),
-    "/healthz": ("liveness, thread-pool use, event-loop lag, and the threads, tasks, files and memory held", ""),
-    "/batch": (
-        "fires a batch of calls at one or two of the routes above, streams each result (Server-Sent Events)",
-        "?route=/ping/async&calls=10&delay=1",
-    ),
-}
+def lessons(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str, str]]:
+    """(path, what it shows, an example query) for every route, read from its endpoint's docstring."""
+    for route in routes:
+        if isinstance(route, Mount):
+            yield from lessons(route.routes, prefix + route.path)
+        elif isinstance(route, Route) and route.path != "/":
+            what, _, rest = (inspect.getdoc(route.endpoint) or "").partition("\n")
+            yield prefix + route.path, what.rstrip("."), rest.partition("Try:")[2].strip()
 
 
 async def index(request: Request) -> JSONResponse | FileResponse:
@@ -450,16 +474,16 @@ async def index(request: Request) -> JSONResponse | FileResponse:
     vary = {"Vary": "Accept"}  # so a cache never hands one audience the other's answer
     if prefers_html(request.headers.get("accept", "")):
         return FileResponse(STATIC_DIR / "index.html", headers={**vary, "Cache-Control": "no-cache"})
-    host, port = request.scope["server"] or ("127.0.0.1", 8000)
-    base = f"http://{host}:{port}"
+    base = own_address(request) or "http://127.0.0.1:8000"
     routes = [
         {"path": path, "what": what, "try": f"curl '{base}{path}{query}'"}
-        for path, (what, query) in ROUTE_GUIDE.items()
+        for path, what, query in lessons(request.app.routes)
     ]
     return JSONResponse({"app": "asgi_app", "routes": routes}, headers=vary)
 
 
 async def healthz(request: Request) -> JSONResponse:
+    """liveness, thread-pool use, event-loop lag, and the threads, tasks, files and memory held."""
     limiter = anyio.to_thread.current_default_thread_limiter()
     return JSONResponse(
         {
@@ -541,16 +565,13 @@ def read_routes(request: Request) -> list[str]:
     return routes
 
 
-def own_address(request: Request) -> str:
-    """The address this connection arrived on, read from its socket, never from the Host header."""
-    if request.scope.get("server") is None:  # e.g. uvicorn --uds
-        raise HTTPException(502, "no TCP address to send the batch to; serve on TCP to use /batch")
-    host, port = request.scope["server"]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def batch(request: Request) -> EventStream:
-    """``?route=/ping/async&calls=10&delay=1``: every call at once, each result streamed as it lands."""
+    """fires a batch of calls at one or two of the routes above, streams each result (Server-Sent Events).
+
+    Try: ?route=/ping/async&calls=10&delay=1
+    """
     settings = settings_of(request)
     routes = read_routes(request)
     default_calls = max(LESSONS[route][1] for route in routes)
@@ -572,8 +593,11 @@ async def batch(request: Request) -> EventStream:
         for index in range(calls)
         for route in routes  # interleaved, so neither route gets a head start
     ]
+    base_url = own_address(request)
+    if base_url is None:
+        raise HTTPException(502, "no TCP address to send the batch to; serve on TCP to use /batch")
     job = Batch(
-        base_url=own_address(request),
+        base_url=base_url,
         calls=plan,
         plan={"routes": routes, "calls": calls, "params": values},
         client=request.state.client,

@@ -260,6 +260,10 @@ class StandInUpstream:
         return [Route("/search", self.search), Route("/stats", self.stats)]
 
     async def search(self, request: Request) -> JSONResponse:
+        """the offline stand-in for the public universities API.
+
+        Try: ?country=turkey
+        """
         params = request.query_params
         country = params.get("country", "").casefold()
         name = params.get("name", "").casefold()
@@ -281,4 +285,5 @@ class StandInUpstream:
         return JSONResponse(found)
 
     async def stats(self, request: Request) -> JSONResponse:
+        """the stand-in's searches in flight now, the most ever in flight, and served."""
         return JSONResponse({"in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight, "served": self.served})

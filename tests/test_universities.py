@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import Request
 
-from asgi_app import Settings, create_app
+from asgi_app import Settings, create_app, own_address
 from tests.conftest import BOTH_STACKS, ServeFn, open_client, running_server
 from tests.faulty_upstream import faulty_upstream
 from tests.helpers import peak_in_flight, start_end_order
@@ -143,3 +144,12 @@ def test_shutdown_closes_the_shared_clients() -> None:
         del app
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+@pytest.mark.parametrize(
+    ("server", "address"),
+    [(("127.0.0.1", 8000), "http://127.0.0.1:8000"), (("::1", 8000), "http://[::1]:8000"), (None, None)],
+)
+def test_own_address_comes_from_the_socket_and_brackets_ipv6(server: Any, address: str | None) -> None:
+    scope = {"type": "http", "server": server, "headers": [(b"host", b"elsewhere.example")]}
+    assert own_address(Request(scope)) == address
