@@ -1,6 +1,6 @@
 // Opens one batch on the server and hands each Server-Sent Event to the caller as it lands.
 //
-// The server fires the calls (see batch.py): if this page fired them, the
+// The server fires the calls (see the live-page section of asgi_app.py): if this page fired them, the
 // browser's own queue (one request at a time per URL, six connections per
 // host) would be drawn as if it were the server's.
 
