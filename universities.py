@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 PUBLIC_API_URL = "http://universities.hipolabs.com"
 DEFAULT_COUNTRIES = ("turkey", "india", "australia")
-DATA_FILE = Path(__file__).with_name("universities_data.json")
+DATA_FILE = Path(__file__).with_name("data") / "world_universities_and_domains.json"  # see data/README.md
 
 
 class JSONResponse(responses.JSONResponse):
