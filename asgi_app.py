@@ -39,7 +39,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse
+from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,12 +50,12 @@ from universities import (
     DEFAULT_COUNTRIES,
     CountryResult,
     JSONResponse,
-    StandInUpstream,
     Upstream,
     UpstreamError,
     fetch_all_async,
     fetch_all_sync,
-    load_records,
+    stand_in_server,
+    upstream_faults,
 )
 
 
@@ -72,7 +72,7 @@ class Settings:
 
     max_delay: float = 10.0  # largest ?delay= a ping accepts, seconds
     thread_tokens: int = 40  # AnyIO thread pool size (AnyIO's default)
-    upstream_url: str = ""  # universities API base URL; empty = the stand-in in this app
+    upstream_url: str = ""  # universities API base URL; empty = the stand-in, in a child process
     upstream_latency: float = dataclasses.field(default=0.5, metadata={"minimum": 0})  # stand-in's seconds per search
     upstream_timeout: float = 5.0  # seconds for one whole upstream call
     upstream_max_bytes: int = 5_000_000  # largest upstream body accepted
@@ -362,14 +362,8 @@ def read_countries(request: Request) -> list[str]:
 
 def upstream_for(request: Request) -> Upstream:
     settings: Settings = request.app.state.settings
-    base = settings.upstream_url.rstrip("/")
-    if not base:
-        # The stand-in is mounted in this very server: call the address this
-        # connection arrived on (its socket), never one named by a request header.
-        if request.scope.get("server") is None:  # e.g. uvicorn --uds
-            raise HTTPException(502, "no TCP address to reach the stand-in upstream on; set APP_UPSTREAM_URL")
-        host, port = request.scope["server"]
-        base = f"http://[{host}]:{port}/upstream" if ":" in host else f"http://{host}:{port}/upstream"
+    # Empty: the stand-in's own process, started by the lifespan on a loopback port.
+    base = settings.upstream_url.rstrip("/") or request.state.stand_in
     return Upstream(
         search_url=f"{base}/search",
         timeout=settings.upstream_timeout,
@@ -413,6 +407,18 @@ async def universities_async(request: Request) -> JSONResponse:
     return universities_json("/universities/async", results, began, started, max_concurrency=limit)
 
 
+async def stand_in_proxy(request: Request) -> Response:
+    """``/upstream/search`` and ``/upstream/stats``, passed through to the stand-in's own process."""
+    if request.state.stand_in is None:
+        raise HTTPException(404, "no stand-in runs here: APP_UPSTREAM_URL names the upstream")
+    path = request.url.path.removeprefix("/upstream")
+    url = httpx.URL(f"{request.state.stand_in}{path}", query=request.scope["query_string"])
+    timeout = request.app.state.settings.upstream_timeout
+    with upstream_faults(f"stand-in {path}", timeout):
+        answer = await request.state.client.get(url)  # yields the loop while the other process searches
+    return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
+
+
 # ----------------------------------------------------------- index, health
 
 ROUTE_GUIDE: dict[str, tuple[str, str]] = {
@@ -427,13 +433,13 @@ ROUTE_GUIDE: dict[str, tuple[str, str]] = {
     "/cpu/process": ("anyio.to_process.run_sync: the loop runs in a worker process, on another core", "?n=5000000"),
     "/universities/sync": (
         "plain def + httpx.Client: one upstream call per country, one after another",
-        "?country=turkey&country=india",
+        "?country=turkiye&country=india",
     ),
     "/universities/async": (
         "async def + shared httpx.AsyncClient: all countries at once, bounded",
-        "?country=turkey&country=india",
+        "?country=turkiye&country=india",
     ),
-    "/upstream/search": ("the offline stand-in for the public universities API", "?country=turkey"),
+    "/upstream/search": ("the offline stand-in for the public universities API, in its own process", "?country=turkiye"),
     "/upstream/stats": ("the stand-in's searches in flight now, the most ever in flight, and served", ""),
     "/healthz": ("liveness, thread-pool use, event-loop lag, and the threads, tasks, files and memory held", ""),
     "/batch": (
@@ -660,6 +666,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
         loop.slow_callback_duration = settings.slow_callback
+    async with measuring_loop_lag(settings.lag_interval) as lag_meter, contextlib.AsyncExitStack() as stack:
+        stand_in = None
+        if not settings.upstream_url:  # the stand-in gets its own process, loop and GIL: lessons here cannot slow it
+            stand_in = await stack.enter_async_context(stand_in_server(settings.upstream_latency))
+        state = await stack.enter_async_context(shared_clients(settings))
+        yield {**state, "stand_in": stand_in, "lag_meter": lag_meter}
+
+
+@contextlib.asynccontextmanager
+async def shared_clients(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     # One client of each kind per process, shared by every request. trust_env=False:
     # proxy variables must not reroute the calls to the stand-in on loopback.
     timeout = httpx.Timeout(settings.upstream_timeout)
@@ -669,19 +685,17 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     limits = httpx.Limits(
         max_connections=size, max_keepalive_connections=size, keepalive_expiry=settings.upstream_keepalive
     )
-    async with measuring_loop_lag(settings.lag_interval) as lag_meter:
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
-            with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
-                yield {
-                    "client": client,
-                    "sync_client": sync_client,
-                    "upstream_slots": anyio.CapacityLimiter(settings.upstream_connections),
-                    "process_limiter": anyio.CapacityLimiter(settings.process_workers),
-                    # Batch calls share the client with the universities' upstream calls: holding at
-                    # most half its connections leaves the calls they make room to finish.
-                    "batch_slots": anyio.CapacityLimiter(max(1, settings.upstream_connections // 2)),
-                    "lag_meter": lag_meter,
-                }
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+        with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
+            yield {
+                "client": client,
+                "sync_client": sync_client,
+                "upstream_slots": anyio.CapacityLimiter(settings.upstream_connections),
+                "process_limiter": anyio.CapacityLimiter(settings.process_workers),
+                # Batch calls share the client with the universities' upstream calls: holding at
+                # most half its connections leaves the calls they make room to finish.
+                "batch_slots": anyio.CapacityLimiter(max(1, settings.upstream_connections // 2)),
+            }
 
 
 def build_starlette(settings: Settings) -> Starlette:
@@ -696,7 +710,8 @@ def build_starlette(settings: Settings) -> Starlette:
         Route("/cpu/process", cpu_process),
         Route("/universities/sync", universities_sync),
         Route("/universities/async", universities_async),
-        Mount("/upstream", routes=StandInUpstream(load_records(), latency=settings.upstream_latency).routes()),
+        Route("/upstream/search", stand_in_proxy),
+        Route("/upstream/stats", stand_in_proxy),
         Route("/healthz", healthz),
         Route("/batch", batch),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
