@@ -15,6 +15,7 @@ import contextlib
 import difflib
 import functools
 import json
+import os
 import re
 import socket
 import subprocess
@@ -375,7 +376,8 @@ class StandInUpstream:
         return JSONResponse(found)
 
     async def stats(self, request: Request) -> JSONResponse:
-        return JSONResponse({"in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight, "served": self.served})
+        counts = {"in_flight": self.in_flight, "peak_in_flight": self.peak_in_flight, "served": self.served}
+        return JSONResponse({**counts, "pid": os.getpid()})  # the stand-in's own process, not the app's
 
 
 def stand_in_app(latency: float) -> Starlette:
