@@ -208,3 +208,38 @@ async def test_blocked_loop_does_not_slow_a_def_endpoints_upstream_calls_only_it
     assert max(durations) < latency * 2  # every call at its normal latency, though the loop was held
     assert sync["finished"] < blocking["finished"]  # the calls were all done while the loop slept
     assert arrived["sync"] >= blocking["finished"]  # but the answer is sent through the loop: it waited
+
+
+# ---------------------------------------------------------- large answers
+
+BIGGEST = ["United States", "Japan", "India", "China", "Germany"]
+
+
+def distinct_records(country: str) -> int:
+    return len({json.dumps(record, sort_keys=True) for record in DATA if record["country"] == country})
+
+
+async def test_fanout_over_the_biggest_countries_brings_every_record(stand_in_base: str) -> None:
+    async with open_client(stand_in_base) as client:
+        response = await client.get("/universities/async", params={"country": BIGGEST})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [call["count"] for call in body["calls"]] == [distinct_records(country) for country in BIGGEST]
+    assert body["calls"][0]["count"] > 2000 and len(response.content) > 700_000
+    assert {record["country"] for record in body["universities"]["United States"]} == {"United States"}
+
+
+@pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
+async def test_a_body_exactly_at_the_byte_limit_passes_and_one_byte_over_is_a_502(
+    serve: ServeFn, stand_in_base: str, route: str
+) -> None:
+    async with open_client(stand_in_base) as client:
+        size = len((await client.get("/upstream/search", params={"country": "United States"})).content)
+    for limit, status in ((size, 200), (size - 1, 502)):
+        async with open_client(serve(upstream_latency=0, upstream_max_bytes=limit)) as client:
+            response = await client.get(route, params={"country": "United States"})
+        assert response.status_code == status, response.text
+        if status == 200:
+            assert len(response.json()["universities"]["United States"]) == distinct_records("United States")
+        else:
+            assert response.json()["detail"].endswith(f"body larger than {limit} bytes")
