@@ -363,7 +363,7 @@ def read_countries(request: Request) -> list[str]:
 def upstream_for(request: Request) -> Upstream:
     settings: Settings = request.app.state.settings
     # Empty: the stand-in's own process, started by the lifespan on a loopback port.
-    base = settings.upstream_url.rstrip("/") or request.state.stand_in
+    base = settings.upstream_url.rstrip("/") or request.state.stand_in.started_url()
     return Upstream(
         search_url=f"{base}/search",
         timeout=settings.upstream_timeout,
@@ -412,7 +412,7 @@ async def stand_in_proxy(request: Request) -> Response:
     if request.state.stand_in is None:
         raise HTTPException(404, "no stand-in runs here: APP_UPSTREAM_URL names the upstream")
     path = request.url.path.removeprefix("/upstream")
-    url = httpx.URL(f"{request.state.stand_in}{path}", query=request.scope["query_string"])
+    url = httpx.URL(f"{request.state.stand_in.started_url()}{path}", query=request.scope["query_string"])
     timeout = request.app.state.settings.upstream_timeout
     with upstream_faults(f"stand-in {path}", timeout):
         answer = await request.state.client.get(url)  # yields the loop while the other process searches

@@ -199,7 +199,7 @@ async def fetch_country_async(client: httpx.AsyncClient, upstream: Upstream, cou
                 reader.feed(chunk)
     if len(reader.body) < DECODE_IN_THREAD_BYTES:
         return reader.universities()  # under a millisecond on the loop: cheaper than a thread hop
-    # Measured (tests/decode_cost.py): decoding the 5 biggest countries on the loop made an instant ping wait
+    # Measured (tests/stand_in_cost.py): decoding the 5 biggest countries on the loop made an instant ping wait
     # 19 ms, in a thread 11 ms. The thread still shares the GIL, but it yields it every 5 ms, so the loop runs.
     return await anyio.to_thread.run_sync(reader.universities, limiter=upstream.slots)  # the loop serves meanwhile
 
@@ -391,36 +391,55 @@ def stand_in_app(latency: float) -> Starlette:
     return Starlette(routes=StandInUpstream(load_records(), latency=latency).routes())
 
 
-@contextlib.asynccontextmanager
-async def stand_in_server(latency: float) -> AsyncIterator[str]:
-    """Runs the stand-in as a child process for as long as the block lasts; yields its base URL.
+class StandInProcess:
+    """The stand-in's own server process, on a loopback socket bound at once, started on first use.
 
-    The socket is bound and listening here, then handed over: the address is
-    known at once and a call made before the child is ready waits in the
-    socket's backlog instead of failing, so start-up never waits for the child.
+    Binding first makes the address known at once, and a call made before the
+    child is ready waits in the socket's backlog instead of failing. Starting
+    on first use means an app that never calls the universities routes never
+    pays for the child (about 0.15 s of CPU).
     """
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        command = [sys.executable, "-m", "universities", "--fd", str(listener.fileno()), "--latency", repr(latency)]
-        process = subprocess.Popen(
-            command, cwd=Path(__file__).parent, stdin=subprocess.PIPE, pass_fds=(listener.fileno(),),
-            start_new_session=True,  # a Ctrl-C in the terminal is for the app; the app then stops the child
-        )  # fmt: skip
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.lock = threading.Lock()  # the sync route asks from worker threads
+
+    def started_url(self) -> str:
+        with self.lock:
+            if self.process is None:
+                fd = self.listener.fileno()
+                command = [sys.executable, "-m", "universities", "--fd", str(fd), "--latency", repr(self.latency)]
+                self.process = subprocess.Popen(
+                    command, cwd=Path(__file__).parent, stdin=subprocess.PIPE, pass_fds=(fd,),
+                    start_new_session=True,  # a Ctrl-C in the terminal is for the app; the app then stops the child
+                )  # fmt: skip
+                self.listener.close()  # the child's copy remains: if the child dies, calls are refused, not queued
+        return self.url
+
+    def stop(self) -> None:
+        with self.lock:
+            self.listener.close()
+            if self.process is None:
+                return
+            assert self.process.stdin is not None
+            self.process.stdin.close()  # alone, this makes it exit: what saves it when the app is killed
+            # The stand-in holds no state and the app's clients are closed by now: killing it
+            # costs nothing, where a graceful stop would add 0.1-0.4 s to every shutdown.
+            self.process.kill()
+            self.process.wait()  # a SIGKILL is quick
+
+
+@contextlib.asynccontextmanager
+async def stand_in_server(latency: float) -> AsyncIterator[StandInProcess]:
+    stand_in = StandInProcess(latency)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield stand_in
     finally:
         with anyio.CancelScope(shield=True):
-            assert process.stdin is not None
-            process.stdin.close()  # the child's cue to shut down
-            await anyio.to_thread.run_sync(stop_child, process)  # waits in a thread, not on the loop
-
-
-def stop_child(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+            await anyio.to_thread.run_sync(stand_in.stop)  # reaps the child in a thread, not on the loop
 
 
 def serve_stand_in(argv: Sequence[str] | None = None) -> None:

@@ -190,6 +190,7 @@ async def test_blocked_loop_does_not_slow_a_def_endpoints_upstream_calls_only_it
     async with open_client(serve(upstream_latency=latency)) as client:
         answers: dict[str, dict[str, Any]] = {}
         arrived: dict[str, float] = {}
+        assert (await client.get("/upstream/stats")).status_code == 200  # the stand-in starts on first use
 
         async def get(name: str, url: str) -> None:
             response = await client.get(url)

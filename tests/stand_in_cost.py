@@ -1,6 +1,9 @@
-"""How long the biggest answers hold the event loop, decoded on the loop or in a thread.
+"""What the stand-in's process costs at start-up, and what big answers cost the event loop.
 
-``python -m tests.decode_cost`` serves the app twice in a subprocess (uvicorn,
+``python -m tests.stand_in_cost`` first starts the app in this process five
+times (``running_server``, as the tests do) and prints how long until uvicorn
+reports started, and until a first ``/upstream/stats`` through the app has
+answered (the child is up). Then it serves the app twice in a subprocess (uvicorn,
 default stack): as shipped (``thread``: bodies over ``DECODE_IN_THREAD_BYTES``
 decoded in ``anyio.to_thread.run_sync``), and with every body decoded on the loop (``loop``). Against each it
 sends ``/universities/async`` for the five biggest countries (about 4,100
@@ -41,7 +44,7 @@ def serve(mode: str, port: int) -> None:
 @contextlib.contextmanager
 def server(mode: str) -> Iterator[str]:
     port = unused_port()
-    command = [sys.executable, "-m", "tests.decode_cost", "--serve", mode, "--port", str(port)]
+    command = [sys.executable, "-m", "tests.stand_in_cost", "--serve", mode, "--port", str(port)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)  # the pings print two lines each
     base = f"http://127.0.0.1:{port}"
     try:
@@ -79,6 +82,19 @@ async def one_round(base: str) -> tuple[float, float]:
     return max(pings), elapsed
 
 
+def measure_startup() -> None:
+    from asgi_app import Settings, create_app
+    from tests.conftest import running_server
+
+    for _ in range(5):
+        began = time.perf_counter()
+        with running_server(create_app(Settings(upstream_latency=0))) as base:
+            started = time.perf_counter() - began
+            assert httpx.get(f"{base}/upstream/stats", timeout=5).status_code == 200
+            answered = time.perf_counter() - began
+        print(f"start-up: server started {started:.3f} s, first stand-in answer {answered:.3f} s")
+
+
 async def measure() -> None:
     print(f"Python {sys.version.split()[0]}, uvicorn defaults; {ROUNDS} rounds; seconds")
     for mode in ("loop", "thread"):
@@ -100,6 +116,7 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.port)
     else:
+        measure_startup()
         anyio.run(measure)
 
 
