@@ -362,7 +362,7 @@ def read_countries(request: Request) -> list[str]:
 
 def upstream_for(request: Request) -> Upstream:
     settings: Settings = request.app.state.settings
-    # Empty: the stand-in's own process, started by the lifespan on a loopback port.
+    # Empty: the stand-in's own process, on a loopback port, started by the first call that needs it.
     base = settings.upstream_url.rstrip("/") or request.state.stand_in.started_url()
     return Upstream(
         search_url=f"{base}/search",

@@ -132,7 +132,7 @@ def test_side_by_side_draws_both_routes_on_one_axis(visit: Visit) -> None:
 
 def test_page_uses_only_its_own_origin_and_logs_no_error(visit: Visit) -> None:
     visit.run("/cpu/process", calls="2", n="100000")
-    visit.run("/universities/async", country="turkey, chile")
+    visit.run("/universities/async", country="turkiye, chile")
     assert visit.requests, "no request was recorded"
     foreign = [url for url in visit.requests if not url.startswith(visit.base_url + "/")]
     assert foreign == []

@@ -244,3 +244,11 @@ async def test_a_body_exactly_at_the_byte_limit_passes_and_one_byte_over_is_a_50
             assert len(response.json()["universities"]["United States"]) == distinct_records("United States")
         else:
             assert response.json()["detail"].endswith(f"body larger than {limit} bytes")
+
+
+async def test_no_stand_in_runs_when_an_upstream_url_is_set(serve: ServeFn) -> None:
+    async with open_client(serve(upstream_url="http://127.0.0.1:9")) as client:
+        for path in ("/upstream/search", "/upstream/stats"):
+            response = await client.get(path)
+            assert response.status_code == 404, response.text
+            assert "APP_UPSTREAM_URL" in response.json()["detail"]
