@@ -439,7 +439,7 @@ ROUTE_GUIDE: dict[str, tuple[str, str]] = {
         "async def + shared httpx.AsyncClient: all countries at once, bounded",
         "?country=turkiye&country=india",
     ),
-    "/upstream/search": ("the offline stand-in for the public universities API, in its own process", "?country=turkiye"),
+    "/upstream/search": ("the public universities API's offline stand-in, in its own process", "?country=turkiye"),
     "/upstream/stats": ("the stand-in's searches in flight now, the most ever in flight, and served", ""),
     "/healthz": ("liveness, thread-pool use, event-loop lag, and the threads, tasks, files and memory held", ""),
     "/batch": (

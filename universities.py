@@ -3,9 +3,11 @@
 ``fetch_all_sync`` loops over the countries with a blocking ``httpx.Client``:
 its time is the sum of the upstream latencies. ``fetch_all_async`` starts every
 call at once on a shared ``httpx.AsyncClient``, at most ``max_concurrency`` in
-flight: its time is about the slowest call. ``StandInUpstream`` serves the
-public universities API's ``/search`` from a local data file, so all of this
-works offline through a real HTTP round trip.
+flight: its time is about the slowest call. ``StandInUpstream`` answers the
+public universities API's ``/search`` from that API's own data set, by its
+rules, in a server process of its own (``python -m universities``), so all of
+this works offline through a real HTTP round trip, and nothing the app's event
+loop suffers slows the "upstream" down.
 """
 
 from __future__ import annotations
