@@ -161,7 +161,8 @@ async def test_a_hostile_pattern_is_searched_literally_and_promptly(stand_in_bas
 # ------------------------------------------------ a process of its own
 
 
-async def test_stand_in_runs_in_another_process_and_starts_within_a_second(tmp_path: Path) -> None:
+@pytest.mark.alone  # a start-up time: measured with the cores free
+async def test_stand_in_runs_in_another_process_and_starts_within_a_second() -> None:
     began = time.perf_counter()
     with running_server(create_app(Settings(upstream_latency=0))) as base:
         async with open_client(base) as client:
