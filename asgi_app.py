@@ -42,7 +42,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,12 +51,12 @@ from universities import (
     DEFAULT_COUNTRIES,
     CountryResult,
     JSONResponse,
-    StandInUpstream,
     Upstream,
     UpstreamError,
     fetch_all_async,
     fetch_all_sync,
-    load_records,
+    stand_in_server,
+    upstream_faults,
 )
 
 
@@ -73,7 +73,7 @@ class Settings:
 
     max_delay: float = 10.0  # largest ?delay= a ping accepts, seconds
     thread_tokens: int = 40  # AnyIO thread pool size (AnyIO's default)
-    upstream_url: str = ""  # universities API base URL; empty = the stand-in in this app
+    upstream_url: str = ""  # universities API base URL; empty = the stand-in, in a child process
     upstream_latency: float = dataclasses.field(default=0.5, metadata={"minimum": 0})  # stand-in's seconds per search
     upstream_timeout: float = 5.0  # seconds for one whole upstream call
     upstream_max_bytes: int = 5_000_000  # largest upstream body accepted
@@ -398,14 +398,8 @@ def own_address(request: Request) -> str | None:
 
 def upstream_for(request: Request) -> Upstream:
     settings = settings_of(request)
-    base = settings.upstream_url.rstrip("/")
-    if not base:
-        # The stand-in is mounted in this very server: call the address this
-        # connection arrived on (its socket), never one named by a request header.
-        own = own_address(request)
-        if own is None:
-            raise HTTPException(502, "no TCP address to reach the stand-in upstream on; set APP_UPSTREAM_URL")
-        base = f"{own}/upstream"
+    # Empty: the stand-in's own process, on a loopback port, started by the first call that needs it.
+    base = settings.upstream_url.rstrip("/") or request.state.stand_in.started_url()
     return Upstream(
         search_url=f"{base}/search",
         timeout=settings.upstream_timeout,
@@ -434,7 +428,7 @@ def universities_json(
 def universities_sync(request: Request) -> JSONResponse:
     """plain def + httpx.Client: one upstream call per country, one after another.
 
-    Try: ?country=turkey&country=india
+    Try: ?country=turkiye&country=india
     """
     # A plain def, so it runs in a worker thread: the blocking client below
     # holds that thread, not the event loop, for the whole loop of calls.
@@ -447,7 +441,7 @@ def universities_sync(request: Request) -> JSONResponse:
 async def universities_async(request: Request) -> JSONResponse:
     """async def + shared httpx.AsyncClient: all countries at once, bounded.
 
-    Try: ?country=turkey&country=india
+    Try: ?country=turkiye&country=india
     """
     began, started = time.perf_counter(), time.time()
     countries, upstream = read_countries(request), upstream_for(request)
@@ -455,6 +449,29 @@ async def universities_async(request: Request) -> JSONResponse:
     limit = read_number(request, "max_concurrency", kind=int, default=ceiling, high=ceiling)
     results = await fetch_all_async(request.state.client, upstream, countries, max_concurrency=limit)  # all at once
     return universities_json(request, results, began, started, max_concurrency=limit)
+
+
+async def stand_in_search(request: Request) -> Response:
+    """the public universities API's offline stand-in, in its own process.
+
+    Try: ?country=turkiye
+    """
+    return await pass_to_stand_in(request)
+
+
+async def stand_in_stats(request: Request) -> Response:
+    """the stand-in's searches in flight now, the most ever in flight, and served."""
+    return await pass_to_stand_in(request)
+
+
+async def pass_to_stand_in(request: Request) -> Response:
+    if request.state.stand_in is None:
+        raise HTTPException(404, "no stand-in runs here: APP_UPSTREAM_URL names the upstream")
+    path = request.url.path.removeprefix("/upstream")
+    url = httpx.URL(f"{request.state.stand_in.started_url()}{path}", query=request.scope["query_string"])
+    with upstream_faults(f"stand-in {path}", settings_of(request).upstream_timeout):
+        answer = await request.state.client.get(url)  # yields the loop while the other process searches
+    return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
 
 
 # ----------------------------------------------------------- index, health
@@ -489,7 +506,11 @@ async def healthz(request: Request) -> JSONResponse:
         {
             "status": "ok",
             "pid": os.getpid(),
-            "thread_pool": {"borrowed": limiter.borrowed_tokens, "total": limiter.total_tokens},
+            "thread_pool": {
+                "borrowed": limiter.borrowed_tokens,
+                "total": limiter.total_tokens,
+                "waiting": limiter.statistics().tasks_waiting,  # def endpoints queued for a thread
+            },
             # What this process holds right now: after a storm of failures these come back down.
             "threads": threading.active_count(),
             "tasks": len(asyncio.all_tasks()),
@@ -833,6 +854,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
         loop.slow_callback_duration = settings.slow_callback
+    async with measuring_loop_lag(settings.lag_interval) as lag_meter, contextlib.AsyncExitStack() as stack:
+        stand_in = None
+        if not settings.upstream_url:  # the stand-in gets its own process, loop and GIL: lessons here cannot slow it
+            stand_in = await stack.enter_async_context(stand_in_server(settings.upstream_latency))
+        state = await stack.enter_async_context(shared_clients(settings))
+        yield {**state, "stand_in": stand_in, "lag_meter": lag_meter}
+
+
+@contextlib.asynccontextmanager
+async def shared_clients(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     # One client of each kind per process, shared by every request. trust_env=False:
     # proxy variables must not reroute the calls to the stand-in on loopback.
     timeout = httpx.Timeout(settings.upstream_timeout)
@@ -842,20 +873,18 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     limits = httpx.Limits(
         max_connections=size, max_keepalive_connections=size, keepalive_expiry=settings.upstream_keepalive
     )
-    async with measuring_loop_lag(settings.lag_interval) as lag_meter:
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
-            with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
-                yield {
-                    "settings": settings,  # what handlers read, through settings_of(request)
-                    "client": client,
-                    "sync_client": sync_client,
-                    "upstream_slots": anyio.CapacityLimiter(settings.upstream_connections),
-                    "process_limiter": anyio.CapacityLimiter(settings.process_workers),
-                    # Batch calls share the client with the universities' upstream calls: holding at
-                    # most half its connections leaves the calls they make room to finish.
-                    "batch_slots": anyio.CapacityLimiter(max(1, settings.upstream_connections // 2)),
-                    "lag_meter": lag_meter,
-                }
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+        with httpx.Client(timeout=timeout, limits=limits, trust_env=False) as sync_client:
+            yield {
+                "settings": settings,  # what handlers read, through settings_of(request)
+                "client": client,
+                "sync_client": sync_client,
+                "upstream_slots": anyio.CapacityLimiter(settings.upstream_connections),
+                "process_limiter": anyio.CapacityLimiter(settings.process_workers),
+                # Batch calls share the client with the universities' upstream calls: holding at
+                # most half its connections leaves the calls they make room to finish.
+                "batch_slots": anyio.CapacityLimiter(max(1, settings.upstream_connections // 2)),
+            }
 
 
 def settings_of(request: Request) -> Settings:
@@ -876,7 +905,8 @@ def build_starlette(settings: Settings) -> Starlette:
         Route("/cpu/process", cpu_process),
         Route("/universities/sync", universities_sync),
         Route("/universities/async", universities_async),
-        Mount("/upstream", routes=StandInUpstream(load_records(), latency=settings.upstream_latency).routes()),
+        Route("/upstream/search", stand_in_search),
+        Route("/upstream/stats", stand_in_stats),
         Route("/healthz", healthz),
         Route("/batch", batch),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

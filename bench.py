@@ -607,7 +607,7 @@ def run(latency: float) -> dict[str, Any]:
     with launch("fan-out", "asgi_app:app", env=env) as server:
         server.wait_ready()
         for kind in ("sync", "async"):
-            measure_one(server, f"/universities/{kind}?country=turkey", latency)  # warm-up: imports, connections
+            measure_one(server, f"/universities/{kind}?country=turkiye", latency)  # warm-up: imports, connections
         results["fanout"] = fanout(server, latency)
     with launch("pings", "asgi_app:app", env=app_env()) as server:
         server.wait_ready()

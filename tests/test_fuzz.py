@@ -24,7 +24,7 @@ ROUTE_PARAMETERS = {
     "/cpu/process": ["n"],
     "/universities/sync": ["country"],
     "/universities/async": ["country", "max_concurrency"],
-    "/upstream/search": ["country", "name", "domain"],
+    "/upstream/search": ["country", "name", "name_contains", "domain", "offset", "limit"],
     "/upstream/stats": [],
 }
 # Small limits keep every accepted request quick; the parsing is the same.

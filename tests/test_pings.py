@@ -45,7 +45,7 @@ async def test_def_endpoint_runs_in_thread_pool_and_overlaps(client: httpx.Async
 async def test_def_endpoint_queues_in_waves_beyond_thread_limit(serve: ServeFn) -> None:
     async with open_client(serve(thread_tokens=2)) as client:
         health = (await client.get("/healthz")).json()
-        assert health["thread_pool"] == {"borrowed": 0, "total": 2}
+        assert health["thread_pool"] == {"borrowed": 0, "total": 2, "waiting": 0}
         responses, elapsed = await get_all(client, [f"/ping/thread?delay={DELAY}"] * 6)
     records = sorted(json_records(responses), key=lambda r: r["started"])
     assert peak_in_flight(records) == 2
