@@ -88,43 +88,38 @@ def base_url(stack: str) -> Iterator[str]:
         yield base
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``alone`` first (see ``take_turns``): at the start every other test is short."""
-    items.sort(key=lambda item: item.get_closest_marker("alone") is None)  # stable: order kept otherwise
-
-
 class Room:
     """A readers-writer lock across xdist workers, from two lock files.
 
-    Most tests only wait, so the suite runs on several processes; the few whose
-    claim needs free cores (CPU work, load) take the room for themselves. The
-    writer holds the gate, so no new test enters while it waits for the room,
-    and keeps the room across consecutive ``alone`` tests, so it waits for it only once.
+    Most tests only wait, so the suite runs on several processes, each test
+    inside the room with the others. The few timed parts whose claim needs free
+    cores (a CPU ratio) take the room to themselves with ``to_myself()``. The
+    one waiting for it holds the gate, so no new test enters in the meantime.
     """
 
     def __init__(self, directory: Path) -> None:
         self.gate = open(directory / "gate.lock", "a")  # noqa: SIM115 -- held for the whole session
         self.room = open(directory / "room.lock", "a")  # noqa: SIM115
-        self.exclusive = False
 
-    def enter(self, *, alone: bool) -> None:
-        if alone and self.exclusive:
-            return
-        if self.exclusive:
-            fcntl.flock(self.room, fcntl.LOCK_UN)
-            fcntl.flock(self.gate, fcntl.LOCK_UN)
-            self.exclusive = False
+    def enter(self) -> None:
         fcntl.flock(self.gate, fcntl.LOCK_EX)
-        if alone:
-            fcntl.flock(self.room, fcntl.LOCK_EX)  # waits for the tests already inside to finish
-            self.exclusive = True
-            return
         fcntl.flock(self.room, fcntl.LOCK_SH)
         fcntl.flock(self.gate, fcntl.LOCK_UN)
 
     def leave(self) -> None:
-        if not self.exclusive:
+        fcntl.flock(self.room, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def to_myself(self) -> Iterator[None]:
+        self.leave()
+        fcntl.flock(self.gate, fcntl.LOCK_EX)
+        fcntl.flock(self.room, fcntl.LOCK_EX)  # waits for the tests already inside to finish
+        try:
+            yield
+        finally:
             fcntl.flock(self.room, fcntl.LOCK_UN)
+            fcntl.flock(self.gate, fcntl.LOCK_UN)
+            self.enter()
 
 
 @pytest.fixture(scope="session")
@@ -139,9 +134,9 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
 
 
 @pytest.fixture(autouse=True)
-def take_turns(request: pytest.FixtureRequest, room: Room) -> Iterator[None]:
-    """A test marked ``alone`` runs while no other test does, in any xdist worker."""
-    room.enter(alone=request.node.get_closest_marker("alone") is not None)
+def take_turns(room: Room) -> Iterator[None]:
+    """Every test is in the room, so a timed part that needs it to itself waits for the rest."""
+    room.enter()
     yield
     room.leave()
 

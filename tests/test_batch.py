@@ -152,13 +152,17 @@ async def test_client_leaving_mid_stream_cancels_the_batch_and_leaks_nothing(
         baseline = await health(client)
         async with client.stream("GET", "/batch?route=/ping/async&calls=5&delay=3") as response:
             assert response.status_code == 200
-            async for line in response.aiter_lines():
+            # Held in a name: an abandoned line iterator is closed whenever it is garbage collected,
+            # and closing it closes the stream, which would end the batch before the test does.
+            lines = response.aiter_lines()
+            async for line in lines:
                 if line.startswith("event: batch"):
                     break
             console = ""
-            with anyio.fail_after(5):  # all five pings asleep on the server (each prints a start line)
+            with anyio.move_on_after(5):  # all five pings asleep on the server (each prints a start line)
                 while (console := console + capsys.readouterr().out).count("start /ping/async") < 5:
                     await anyio.sleep(0.02)
+            assert console.count("start /ping/async") == 5, console
         # The stream is closed: its five calls must be cancelled now, not when the pings answer.
         with anyio.fail_after(1.5):
             while (now := await health(client))["batch_calls"]["borrowed"] > 0:

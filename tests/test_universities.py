@@ -17,7 +17,7 @@ from tests.helpers import peak_in_flight, start_end_order
 
 pytestmark = pytest.mark.anyio
 
-LATENCY = 0.2
+LATENCY = 0.3  # long beside the work around each call, which a loaded machine stretches
 TWELVE = ["turkiye", "india", "australia", "germany", "france", "japan", "canada", "brazil", "italy", "spain",
           "netherlands", "new zealand"]  # fmt: skip
 
@@ -42,7 +42,7 @@ async def test_sync_route_takes_the_sum_async_route_the_slowest(serve: ServeFn) 
     assert peak_in_flight(concurrent["calls"]) == 3
     assert sync["elapsed"] / LATENCY > 2.5  # ideal 3: the sum of three calls
     assert concurrent["elapsed"] / LATENCY < 2  # ideal 1: the slowest call
-    assert sync["elapsed"] / concurrent["elapsed"] > 2
+    assert sync["elapsed"] / concurrent["elapsed"] > 1.5  # ideal 3; the counts above are the proof
 
 
 async def test_records_have_the_public_api_schema(client: httpx.AsyncClient) -> None:
