@@ -150,7 +150,7 @@ async def test_client_leaving_mid_stream_cancels_the_batch_and_leaks_nothing(
 ) -> None:
     async with open_client(serve()) as client:
         baseline = await health(client)
-        async with client.stream("GET", "/batch?route=/ping/async&calls=5&delay=3") as response:
+        async with client.stream("GET", "/batch?route=/ping/async&calls=5&delay=2") as response:
             assert response.status_code == 200
             # Held in a name: an abandoned line iterator is closed whenever it is garbage collected,
             # and closing it closes the stream, which would end the batch before the test does.

@@ -20,7 +20,7 @@ from tests.helpers import peak_in_flight, raw_get, raw_get_all
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-KEEPALIVE = 0.5  # seconds an idle upstream connection is kept, shortened for the test
+KEEPALIVE = 0.25  # seconds an idle upstream connection is kept, shortened for the test
 STORM_FAULTS = ["refuse", "reset", "hang", "trickle", "endless", "notutf8", "badjson", "error", "schema"]
 
 

@@ -10,11 +10,12 @@ import pytest
 from tests.conftest import BOTH_STACKS, ServeFn, open_client
 from tests.helpers import get_all, instant_ping_during, json_records, peak_in_flight, start_end_order
 
-pytestmark = [pytest.mark.anyio, BOTH_STACKS]
+pytestmark = pytest.mark.anyio
 
 DELAY = 0.2
 
 
+@BOTH_STACKS  # a core claim: it holds on uvloop+httptools and asyncio+h11 alike
 async def test_time_sleep_in_async_def_serializes_requests(client: httpx.AsyncClient) -> None:
     responses, elapsed = await get_all(client, [f"/ping/blocking?delay={DELAY}"] * 3)
     records = json_records(responses)
@@ -24,6 +25,7 @@ async def test_time_sleep_in_async_def_serializes_requests(client: httpx.AsyncCl
     assert elapsed / DELAY > 2.5  # three delays back to back
 
 
+@BOTH_STACKS
 async def test_await_in_async_def_overlaps_requests(client: httpx.AsyncClient) -> None:
     responses, elapsed = await get_all(client, [f"/ping/async?delay={DELAY}"] * 10)
     records = json_records(responses)
@@ -33,6 +35,7 @@ async def test_await_in_async_def_overlaps_requests(client: httpx.AsyncClient) -
     assert elapsed / DELAY < 3  # ten delays side by side, not 10 x
 
 
+@BOTH_STACKS
 async def test_def_endpoint_runs_in_thread_pool_and_overlaps(client: httpx.AsyncClient) -> None:
     responses, elapsed = await get_all(client, [f"/ping/thread?delay={DELAY}"] * 10)
     records = json_records(responses)
@@ -42,6 +45,7 @@ async def test_def_endpoint_runs_in_thread_pool_and_overlaps(client: httpx.Async
     assert elapsed / DELAY < 3
 
 
+@BOTH_STACKS
 async def test_def_endpoint_queues_in_waves_beyond_thread_limit(serve: ServeFn) -> None:
     async with open_client(serve(thread_tokens=2)) as client:
         health = (await client.get("/healthz")).json()
@@ -56,6 +60,7 @@ async def test_def_endpoint_queues_in_waves_beyond_thread_limit(serve: ServeFn) 
     assert 2.5 < elapsed / DELAY < 6
 
 
+@BOTH_STACKS
 async def test_instant_async_ping_waits_for_a_blocking_ping(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -63,6 +68,7 @@ async def test_instant_async_ping_waits_for_a_blocking_ping(
     assert instant["started"] >= blocking["finished"]
 
 
+@BOTH_STACKS
 async def test_instant_async_ping_need_not_wait_for_a_thread_ping(
     client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
