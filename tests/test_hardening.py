@@ -63,9 +63,9 @@ async def settled_health(base_url: str, baseline: dict[str, Any]) -> dict[str, A
 
 
 def storm_targets(rng: random.Random) -> list[str]:
-    """150 universities requests, each meeting three faults at random; 50 of them sequential."""
+    """90 universities requests, each meeting three faults at random; 30 of them sequential."""
     targets = []
-    for index in range(150):
+    for index in range(90):
         query = "&".join(f"country={fault}" for fault in rng.sample(STORM_FAULTS, 3))
         route = "/universities/sync" if index % 3 == 0 else "/universities/async"
         targets.append(f"{route}?{query}")
