@@ -21,7 +21,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from asgi_app import Settings, create_app  # noqa: E402
 from tests.browser import launch_chromium  # noqa: E402
-from tests.conftest import running_server  # noqa: E402
+from tests.utils import running_server  # noqa: E402
 
 SIDE_BY_SIDE = (
     "Run /universities/sync and /universities/async side by side",
@@ -57,7 +57,9 @@ def main() -> None:
                 }""",
                 SIDE_BY_SIDE[-1],
             )
-            page.screenshot(path=args.out, full_page=True, clip={"x": 0, "y": top, "width": args.width, "height": bottom - top})
+            page.screenshot(
+                path=args.out, full_page=True, clip={"x": 0, "y": top, "width": args.width, "height": bottom - top}
+            )
         browser.close()
     print(f"wrote {args.out}")
 

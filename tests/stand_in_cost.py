@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import anyio
 import httpx
 
-from tests.conftest import REPO, unused_port
+from tests.utils import REPO, unused_port
 
 BIGGEST = ["United States", "Japan", "India", "China", "Germany"]
 ROUNDS = 7
@@ -84,7 +84,7 @@ async def one_round(base: str) -> tuple[float, float]:
 
 def measure_startup() -> None:
     from asgi_app import Settings, create_app
-    from tests.conftest import running_server
+    from tests.utils import running_server
 
     for _ in range(5):
         began = time.perf_counter()

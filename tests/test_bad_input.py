@@ -7,8 +7,6 @@ import pytest
 
 from tests.conftest import ServeFn
 
-pytestmark = pytest.mark.anyio
-
 BAD_DELAYS = ["abc", "", "-1", "-0.001", "nan", "inf", "-inf", "10.001", "1e309", "0x10", "1,5"]
 
 

@@ -9,10 +9,8 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import ServeFn, open_client
-from tests.helpers import peak_in_flight
-
-pytestmark = pytest.mark.anyio
+from tests.conftest import ClientFn
+from tests.utils import peak_in_flight
 
 DELAY = 0.3
 
@@ -76,17 +74,19 @@ async def test_side_by_side_nothing_starts_or_finishes_while_a_blocking_ping_run
     assert done["wall"] > 3 * DELAY
 
 
-async def test_side_by_side_universities_sync_staircase_and_async_stack(serve: ServeFn) -> None:
-    async with open_client(serve(upstream_latency=0.2)) as client:
-        query = "route=/universities/sync&route=/universities/async&country=turkiye&country=india&country=chile"
-        _, calls, _ = await run(client, query)
+async def test_side_by_side_universities_sync_staircase_and_async_stack(client_for: ClientFn) -> None:
+    client = await client_for(upstream_latency=0.2)
+    query = "route=/universities/sync&route=/universities/async&country=turkiye&country=india&country=chile"
+    _, calls, _ = await run(client, query)
     by_route = {call["route"]: call for call in calls}
     sync_parts, async_parts = by_route["/universities/sync"]["upstream"], by_route["/universities/async"]["upstream"]
     assert [part["country"] for part in sync_parts] == ["turkiye", "india", "chile"]
     assert peak_in_flight(sync_parts) == 1
     assert peak_in_flight(async_parts) == 3
     for call in calls:  # the upstream calls sit inside their request, on the batch's clock
-        assert all(call["started"] <= p["started"] < p["finished"] <= call["finished"] + 0.001 for p in call["upstream"])
+        assert all(
+            call["started"] <= p["started"] < p["finished"] <= call["finished"] + 0.001 for p in call["upstream"]
+        )
 
 
 async def test_batch_calls_the_listening_address_whatever_the_host_header(client: httpx.AsyncClient) -> None:
@@ -122,18 +122,18 @@ async def test_bad_batch_input_is_a_400_naming_the_parameter(
     assert parameter in response.json()["detail"]
 
 
-async def test_calls_per_batch_is_bounded_by_a_setting(serve: ServeFn) -> None:
-    async with open_client(serve(max_batch=3)) as client:
-        too_many = await client.get("/batch?route=/ping/async&calls=4&delay=0")
-        _, calls, _ = await run(client, "route=/ping/async&calls=3&delay=0")
+async def test_calls_per_batch_is_bounded_by_a_setting(client_for: ClientFn) -> None:
+    client = await client_for(max_batch=3)
+    too_many = await client.get("/batch?route=/ping/async&calls=4&delay=0")
+    _, calls, _ = await run(client, "route=/ping/async&calls=3&delay=0")
     assert too_many.status_code == 400
     assert "calls must be between 1 and 3" in too_many.json()["detail"]
     assert len(calls) == 3
 
 
-async def test_batch_timeout_cuts_off_the_calls_still_running(serve: ServeFn) -> None:
-    async with open_client(serve(batch_timeout=0.3)) as client:
-        _, calls, done = await run(client, "route=/ping/async&calls=2&delay=2")
+async def test_batch_timeout_cuts_off_the_calls_still_running(client_for: ClientFn) -> None:
+    client = await client_for(batch_timeout=0.3)
+    _, calls, done = await run(client, "route=/ping/async&calls=2&delay=2")
     assert calls == []
     assert done["timed_out"] is True and done["unfinished"] == 2
     assert done["wall"] < 1.5
@@ -146,33 +146,31 @@ async def health(client: httpx.AsyncClient) -> dict[str, Any]:
 
 
 async def test_client_leaving_mid_stream_cancels_the_batch_and_leaks_nothing(
-    serve: ServeFn, capsys: pytest.CaptureFixture[str]
+    client_for: ClientFn, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with open_client(serve()) as client:
-        baseline = await health(client)
-        async with client.stream("GET", "/batch?route=/ping/async&calls=5&delay=2") as response:
-            assert response.status_code == 200
-            # Held in a name: an abandoned line iterator is closed whenever it is garbage collected,
-            # and closing it closes the stream, which would end the batch before the test does.
-            lines = response.aiter_lines()
-            async for line in lines:
-                if line.startswith("event: batch"):
-                    break
-            console = ""
-            with anyio.move_on_after(5):  # all five pings asleep on the server (each prints a start line)
-                while (console := console + capsys.readouterr().out).count("start /ping/async") < 5:
-                    await anyio.sleep(0.02)
-            assert console.count("start /ping/async") == 5, console
-        # The stream is closed: its five calls must be cancelled now, not when the pings answer.
-        with anyio.fail_after(1.5):
-            while (now := await health(client))["batch_calls"]["borrowed"] > 0:
+    client = await client_for()
+    baseline = await health(client)
+    async with client.stream("GET", "/batch?route=/ping/async&calls=5&delay=2") as response:
+        assert response.status_code == 200
+        # Held in a name: an abandoned line iterator is closed whenever it is garbage collected,
+        # and closing it closes the stream, which would end the batch before the test does.
+        lines = response.aiter_lines()
+        async for line in lines:
+            if line.startswith("event: batch"):
+                break
+        console = ""
+        with anyio.move_on_after(5):  # all five pings asleep on the server (each prints a start line)
+            while (console := console + capsys.readouterr().out).count("start /ping/async") < 5:
                 await anyio.sleep(0.02)
-        assert now["tasks"] > baseline["tasks"]  # the pings it sent still sleep on the server: this was early
-        with anyio.move_on_after(5):
-            while (after := await health(client))["tasks"] > baseline["tasks"] or after["open_fds"] > baseline[
-                "open_fds"
-            ]:
-                await anyio.sleep(0.1)
+        assert console.count("start /ping/async") == 5, console
+    # The stream is closed: its five calls must be cancelled now, not when the pings answer.
+    with anyio.fail_after(1.5):
+        while (now := await health(client))["batch_calls"]["borrowed"] > 0:
+            await anyio.sleep(0.02)
+    assert now["tasks"] > baseline["tasks"]  # the pings it sent still sleep on the server: this was early
+    with anyio.move_on_after(5):
+        while (after := await health(client))["tasks"] > baseline["tasks"] or after["open_fds"] > baseline["open_fds"]:
+            await anyio.sleep(0.1)
     assert after["tasks"] <= baseline["tasks"], (baseline, after)
     assert after["open_fds"] <= baseline["open_fds"], (baseline, after)
     assert after["threads"] <= baseline["threads"], (baseline, after)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_app import Settings, create_app
-from tests.conftest import running_server
+from tests.utils import running_server
 
 ROUTE_PARAMETERS = {
     "/": [],

@@ -14,11 +14,10 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import BOTH_STACKS, running_server, unused_port, uvicorn_process
-from tests.faulty_upstream import faulty_upstream
-from tests.helpers import peak_in_flight, raw_get, raw_get_all
+from tests.conftest import BOTH_STACKS
+from tests.utils import peak_in_flight, raw_get, raw_get_all, unused_port, uvicorn_process
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 KEEPALIVE = 0.25  # seconds an idle upstream connection is kept, shortened for the test
 STORM_FAULTS = ["refuse", "reset", "hang", "trickle", "endless", "notutf8", "badjson", "error", "schema"]
@@ -46,8 +45,8 @@ async def health_with_pools_drained(base_url: str) -> dict[str, Any]:
     """
     await anyio.sleep(KEEPALIVE * 2)
     for route in ("/universities/sync", "/universities/async"):
-        status, body = await raw_get(base_url, f"{route}?country=echo")
-        assert status == 200, body
+        reply = await raw_get(base_url, f"{route}?country=echo")
+        assert reply.status == 200, reply.body
     return await health(base_url)
 
 
@@ -73,27 +72,26 @@ def storm_targets(rng: random.Random) -> list[str]:
 
 
 @pytest.mark.parametrize("upstream_kind", ["faulty", "refusing"])
-async def test_fault_storm_leaves_nothing_behind(tmp_path: Path, upstream_kind: str) -> None:
+async def test_fault_storm_leaves_nothing_behind(tmp_path: Path, faulty_upstream_url: str, upstream_kind: str) -> None:
     rng = random.Random(20261121)
-    with running_server(faulty_upstream, lifespan="off") as upstream:
-        url = f"{upstream}/storm" if upstream_kind == "faulty" else f"http://127.0.0.1:{unused_port()}"
-        env = {
-            "APP_UPSTREAM_URL": url,
-            "APP_UPSTREAM_TIMEOUT": "0.5",
-            "APP_UPSTREAM_MAX_BYTES": "100000",
-            "APP_UPSTREAM_KEEPALIVE": str(KEEPALIVE),
-        }
-        drained = health_with_pools_drained if upstream_kind == "faulty" else health
-        with uvicorn_process(env=env, tmp=tmp_path) as server:
-            idle = await health(server.base_url)
-            await raw_get_all(server.base_url, storm_targets(rng))  # warm-up: pools and threads fill
-            baseline = await drained(server.base_url)
-            results = await raw_get_all(server.base_url, storm_targets(rng))
-            statuses = {status for status, _ in results}
-            assert statuses <= {502, 504}, statuses
-            assert all("detail" in json.loads(body) for _, body in results)
-            await drained(server.base_url)
-            after = await settled_health(server.base_url, baseline)
+    url = f"{faulty_upstream_url}/storm" if upstream_kind == "faulty" else f"http://127.0.0.1:{unused_port()}"
+    env = {
+        "APP_UPSTREAM_URL": url,
+        "APP_UPSTREAM_TIMEOUT": "0.5",
+        "APP_UPSTREAM_MAX_BYTES": "100000",
+        "APP_UPSTREAM_KEEPALIVE": str(KEEPALIVE),
+    }
+    drained = health_with_pools_drained if upstream_kind == "faulty" else health
+    with uvicorn_process(env=env, tmp=tmp_path) as server:
+        idle = await health(server.base_url)
+        await raw_get_all(server.base_url, storm_targets(rng))  # warm-up: pools and threads fill
+        baseline = await drained(server.base_url)
+        results = await raw_get_all(server.base_url, storm_targets(rng))
+        statuses = {reply.status for reply in results}
+        assert statuses <= {502, 504}, statuses
+        assert all("detail" in json.loads(reply.body) for reply in results)
+        await drained(server.base_url)
+        after = await settled_health(server.base_url, baseline)
     assert after["open_fds"] <= baseline["open_fds"], (baseline, after)
     assert after["tasks"] <= baseline["tasks"], (baseline, after)
     # Idle pool threads linger for a while, but never more than the pool's size.
@@ -107,8 +105,8 @@ async def test_thousand_concurrent_async_pings_all_answer(tmp_path: Path) -> Non
     with uvicorn_process(tmp=tmp_path) as server:
         # 1.5 s each: time enough for all 1000 to connect while other tests load the machine.
         results = await raw_get_all(server.base_url, ["/ping/async?delay=1.5"] * 1000)
-    assert [status for status, _ in results] == [200] * 1000
-    records = [json.loads(body) for _, body in results]
+    assert [reply.status for reply in results] == [200] * 1000
+    records = [json.loads(reply.body) for reply in results]
     assert peak_in_flight(records) > 900  # all of them asleep together, give or take the stragglers
 
 
@@ -129,8 +127,8 @@ async def test_healthz_answers_while_def_calls_queue_for_threads(tmp_path: Path)
     # An async def endpoint needs no thread: it answered while def calls still queued for one.
     assert busy["thread_pool"]["borrowed"] == busy["thread_pool"]["total"] == 40, busy
     assert busy["thread_pool"]["waiting"] > 0, busy
-    assert [status for status, _ in results] == [200] * 120
-    assert peak_in_flight([json.loads(body) for _, body in results]) == 40
+    assert [reply.status for reply in results] == [200] * 120
+    assert peak_in_flight([json.loads(reply.body) for reply in results]) == 40
 
 
 async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
@@ -149,7 +147,7 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
                     await anyio.sleep(0.02)
             server.process.send_signal(signal.SIGTERM)
         returncode = server.process.wait(timeout=10)
-    assert [status for status, _ in results] == [200] * len(targets)
+    assert [reply.status for reply in results] == [200] * len(targets)
     assert returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down cleanly
     log = server.log_text()
     assert log.index("Application shutdown complete") > log.rindex('"GET /universities/async HTTP/1.1" 200')
@@ -174,8 +172,8 @@ async def test_request_cut_by_shutdown_gets_a_json_503_and_no_traceback(tmp_path
             server.process.send_signal(signal.SIGTERM)
         cut_after = time.perf_counter() - began
         server.process.wait(timeout=10)
-    assert [status for status, _ in results] == [503, 503], results
-    assert [json.loads(body) for _, body in results] == [{"detail": "the server is shutting down"}] * 2
+    assert [reply.status for reply in results] == [503, 503], results
+    assert [json.loads(reply.body) for reply in results] == [{"detail": "the server is shutting down"}] * 2
     assert cut_after < 4  # cut at the 1 s timeout, not left to run their 5 s
     log = server.log_text()
     assert log.count("cut by shutdown: answered 503") == 2, log
@@ -192,8 +190,8 @@ async def test_slow_header_sender_does_not_hold_up_others(tmp_path: Path) -> Non
                 await slow.send(bytes([byte]))
                 if index % 2 == 0:
                     began = time.perf_counter()
-                    status, _ = await raw_get(server.base_url, "/ping/async?delay=0")
-                    assert status == 200
+                    reply = await raw_get(server.base_url, "/ping/async?delay=0")
+                    assert reply.status == 200
                     latencies.append(time.perf_counter() - began)
                 await anyio.sleep(0.05)
     assert max(latencies) < 0.5  # each answered while the slow client was mid-request
@@ -201,8 +199,8 @@ async def test_slow_header_sender_does_not_hold_up_others(tmp_path: Path) -> Non
 
 async def test_client_that_never_reads_does_not_hold_up_others(tmp_path: Path) -> None:
     with uvicorn_process(env={"APP_UPSTREAM_LATENCY": "0"}, tmp=tmp_path) as server:
-        status, _ = await raw_get(server.base_url, "/upstream/search?limit=0")
-        assert status == 200  # the proxy's pooled connection to the stand-in's process is part of the baseline
+        reply = await raw_get(server.base_url, "/upstream/search?limit=0")
+        assert reply.status == 200  # the proxy's pooled connection to the stand-in's process is part of the baseline
         baseline = await health(server.base_url)
         host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
         async with await anyio.connect_tcp(host, int(port)) as stuck:
@@ -211,8 +209,8 @@ async def test_client_that_never_reads_does_not_hold_up_others(tmp_path: Path) -
             await anyio.sleep(1)
             stuck_health = await health(server.base_url)
             began = time.perf_counter()
-            status, _ = await raw_get(server.base_url, "/ping/async?delay=0")
-            assert status == 200
+            reply = await raw_get(server.base_url, "/ping/async?delay=0")
+            assert reply.status == 200
             assert time.perf_counter() - began < 0.5
         after = await settled_health(server.base_url, baseline)
     assert stuck_health["rss_bytes"] < baseline["rss_bytes"] + 32 * 2**20  # the answers wait, not pile up

@@ -8,8 +8,6 @@ import pytest
 
 from asgi_app import prefers_html
 
-pytestmark = pytest.mark.anyio
-
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 
 
@@ -43,7 +41,11 @@ async def test_browser_gets_the_page_and_json_clients_the_unchanged_index(client
     assert '<script type="module"' in page.text
     assert as_json.status_code == 200, as_json.text
     assert as_json.json() == default.json()
-    assert [route["path"] for route in as_json.json()["routes"]][:3] == ["/ping/blocking", "/ping/async", "/ping/thread"]
+    assert [route["path"] for route in as_json.json()["routes"]][:3] == [
+        "/ping/blocking",
+        "/ping/async",
+        "/ping/thread",
+    ]
     for response in (page, default, as_json):
         assert response.headers["vary"] == "Accept"
 
@@ -84,4 +86,3 @@ async def test_loop_lag_meter_sees_a_blocking_ping_and_not_an_async_one(client: 
     assert after_async["max"] < 0.2  # half a second of awaiting: the meter kept waking on time
     assert after_blocking["max"] >= 0.4  # half a second of time.sleep: one wake-up that late
     assert after_blocking["recent_max"] == max(lag for _, lag in after_blocking["samples"])
-

@@ -11,20 +11,27 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import BOTH_STACKS, Room, ServeFn, is_running, open_client, uvicorn_process
-from tests.helpers import get_all, instant_ping_during, json_records, peak_in_flight
-
-pytestmark = pytest.mark.anyio
+from tests.conftest import BOTH_STACKS, ClientFn
+from tests.utils import (
+    Room,
+    get_all,
+    instant_ping_during,
+    is_running,
+    json_records,
+    open_client,
+    peak_in_flight,
+    uvicorn_process,
+)
 
 N = 3_000_000  # about 0.3 s of pure-Python work on this machine
 
 
-async def test_processes_compute_in_parallel_while_threads_take_turns(serve: ServeFn, room: Room) -> None:
-    async with open_client(serve()) as client:
-        await get_all(client, [f"/cpu/process?n={N}"] * 2)  # start the two worker processes first
-        with room.to_myself():  # a ratio of CPU times: measured while no other test runs
-            threads, thread_time = await get_all(client, [f"/cpu/thread?n={N}"] * 2)
-            processes, process_time = await get_all(client, [f"/cpu/process?n={N}"] * 2)
+async def test_processes_compute_in_parallel_while_threads_take_turns(client_for: ClientFn, room: Room) -> None:
+    client = await client_for()
+    await get_all(client, [f"/cpu/process?n={N}"] * 2)  # start the two worker processes first
+    with room.to_myself():  # a ratio of CPU times: measured while no other test runs
+        threads, thread_time = await get_all(client, [f"/cpu/thread?n={N}"] * 2)
+        processes, process_time = await get_all(client, [f"/cpu/process?n={N}"] * 2)
     thread_work = [r["work"] for r in json_records(threads)]
     process_work = [r["work"] for r in json_records(processes)]
     server_pid = json_records(threads)[0]["pid"]
@@ -39,11 +46,11 @@ async def test_processes_compute_in_parallel_while_threads_take_turns(serve: Ser
     ("cpu_route", "must_wait"), [("/cpu/blocking", True), ("/cpu/thread", False), ("/cpu/process", False)]
 )
 async def test_instant_ping_waits_only_for_cpu_work_on_the_event_loop(
-    serve: ServeFn, capsys: pytest.CaptureFixture[str], cpu_route: str, must_wait: bool
+    client_for: ClientFn, capsys: pytest.CaptureFixture[str], cpu_route: str, must_wait: bool
 ) -> None:
-    async with open_client(serve()) as client:
-        await client.get("/cpu/process?n=1")  # a process worker ready, so timing is the work's alone
-        busy, instant = await instant_ping_during(client, capsys, f"{cpu_route}?n={N}")
+    client = await client_for()
+    await client.get("/cpu/process?n=1")  # a process worker ready, so timing is the work's alone
+    busy, instant = await instant_ping_during(client, capsys, f"{cpu_route}?n={N}")
     if must_wait:
         assert instant["started"] >= busy["finished"]
     else:

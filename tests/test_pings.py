@@ -7,10 +7,8 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import BOTH_STACKS, ServeFn, open_client
-from tests.helpers import get_all, instant_ping_during, json_records, peak_in_flight, start_end_order
-
-pytestmark = pytest.mark.anyio
+from tests.conftest import BOTH_STACKS, ClientFn
+from tests.utils import get_all, instant_ping_during, json_records, peak_in_flight, start_end_order
 
 DELAY = 0.2
 
@@ -46,11 +44,11 @@ async def test_def_endpoint_runs_in_thread_pool_and_overlaps(client: httpx.Async
 
 
 @BOTH_STACKS
-async def test_def_endpoint_queues_in_waves_beyond_thread_limit(serve: ServeFn) -> None:
-    async with open_client(serve(thread_tokens=2)) as client:
-        health = (await client.get("/healthz")).json()
-        assert health["thread_pool"] == {"borrowed": 0, "total": 2, "waiting": 0}
-        responses, elapsed = await get_all(client, [f"/ping/thread?delay={DELAY}"] * 6)
+async def test_def_endpoint_queues_in_waves_beyond_thread_limit(client_for: ClientFn) -> None:
+    client = await client_for(thread_tokens=2)
+    health = (await client.get("/healthz")).json()
+    assert health["thread_pool"] == {"borrowed": 0, "total": 2, "waiting": 0}
+    responses, elapsed = await get_all(client, [f"/ping/thread?delay={DELAY}"] * 6)
     records = sorted(json_records(responses), key=lambda r: r["started"])
     assert peak_in_flight(records) == 2
     # Six calls through two tokens: three waves, each wave starts after the one before ends.

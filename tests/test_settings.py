@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from asgi_app import Settings, SettingError, env_name
-from tests.conftest import REPO
+from asgi_app import SettingError, Settings, env_name
+from tests.utils import REPO
 
 
 def test_environment_overrides_defaults() -> None:

@@ -14,9 +14,8 @@ import httpx
 import pytest
 
 from asgi_app import Settings, create_app
-from tests.conftest import REPO, ServeFn, is_running, open_client, running_server, uvicorn_process
-
-pytestmark = pytest.mark.anyio
+from tests.conftest import ClientFn
+from tests.utils import REPO, is_running, open_client, running_server, uvicorn_process
 
 DATA = json.loads((REPO / "data" / "world_universities_and_domains.json").read_text(encoding="utf-8"))
 
@@ -183,25 +182,25 @@ async def test_stand_in_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
                 await anyio.sleep(0.02)
 
 
-async def test_blocked_loop_does_not_slow_a_def_endpoints_upstream_calls_only_its_answer(serve: ServeFn) -> None:
+async def test_blocked_loop_does_not_slow_a_def_endpoints_upstream_calls_only_its_answer(client_for: ClientFn) -> None:
     latency, block = 0.2, 1.0
-    async with open_client(serve(upstream_latency=latency)) as client:
-        answers: dict[str, dict[str, Any]] = {}
-        arrived: dict[str, float] = {}
-        assert (await client.get("/upstream/stats")).status_code == 200  # the stand-in starts on first use
+    client = await client_for(upstream_latency=latency)
+    answers: dict[str, dict[str, Any]] = {}
+    arrived: dict[str, float] = {}
+    assert (await client.get("/upstream/stats")).status_code == 200  # the stand-in starts on first use
 
-        async def get(name: str, url: str) -> None:
-            response = await client.get(url)
-            arrived[name] = time.time()
-            assert response.status_code == 200, response.text
-            answers[name] = response.json()
+    async def get(name: str, url: str) -> None:
+        response = await client.get(url)
+        arrived[name] = time.time()
+        assert response.status_code == 200, response.text
+        answers[name] = response.json()
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(get, "sync", "/universities/sync?country=turkiye&country=india&country=chile")
-            with anyio.fail_after(5):  # the first upstream call has begun, in a worker thread
-                while (await client.get("/upstream/stats")).json()["in_flight"] == 0:
-                    await anyio.sleep(0.01)
-            group.start_soon(get, "blocking", f"/ping/blocking?delay={block}")
+    async with anyio.create_task_group() as group:
+        group.start_soon(get, "sync", "/universities/sync?country=turkiye&country=india&country=chile")
+        with anyio.fail_after(5):  # the first upstream call has begun, in a worker thread
+            while (await client.get("/upstream/stats")).json()["in_flight"] == 0:
+                await anyio.sleep(0.01)
+        group.start_soon(get, "blocking", f"/ping/blocking?delay={block}")
     sync, blocking = answers["sync"], answers["blocking"]
     durations = [call["duration"] for call in sync["calls"]]
     # Each call near its 0.2 s, though the loop slept 1 s: were the stand-in on that loop, a call
@@ -232,13 +231,13 @@ async def test_fanout_over_the_biggest_countries_brings_every_record(stand_in_ba
 
 @pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
 async def test_a_body_exactly_at_the_byte_limit_passes_and_one_byte_over_is_a_502(
-    serve: ServeFn, stand_in_base: str, route: str
+    client_for: ClientFn, stand_in_base: str, route: str
 ) -> None:
     async with open_client(stand_in_base) as client:
         size = len((await client.get("/upstream/search", params={"country": "United States"})).content)
     for limit, status in ((size, 200), (size - 1, 502)):
-        async with open_client(serve(upstream_latency=0, upstream_max_bytes=limit)) as client:
-            response = await client.get(route, params={"country": "United States"})
+        client = await client_for(upstream_latency=0, upstream_max_bytes=limit)
+        response = await client.get(route, params={"country": "United States"})
         assert response.status_code == status, response.text
         if status == 200:
             assert len(response.json()["universities"]["United States"]) == distinct_records("United States")
@@ -246,9 +245,9 @@ async def test_a_body_exactly_at_the_byte_limit_passes_and_one_byte_over_is_a_50
             assert response.json()["detail"].endswith(f"body larger than {limit} bytes")
 
 
-async def test_no_stand_in_runs_when_an_upstream_url_is_set(serve: ServeFn) -> None:
-    async with open_client(serve(upstream_url="http://127.0.0.1:9")) as client:
-        for path in ("/upstream/search", "/upstream/stats"):
-            response = await client.get(path)
-            assert response.status_code == 404, response.text
-            assert "APP_UPSTREAM_URL" in response.json()["detail"]
+async def test_no_stand_in_runs_when_an_upstream_url_is_set(client_for: ClientFn) -> None:
+    client = await client_for(upstream_url="http://127.0.0.1:9")
+    for path in ("/upstream/search", "/upstream/stats"):
+        response = await client.get(path)
+        assert response.status_code == 404, response.text
+        assert "APP_UPSTREAM_URL" in response.json()["detail"]

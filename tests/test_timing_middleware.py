@@ -14,9 +14,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from asgi_app import Settings, TimingMiddleware, build_starlette, with_middleware
-from tests.conftest import ServeFn, open_client
-
-pytestmark = pytest.mark.anyio
+from tests.conftest import ClientFn
 
 # W3C Server-Timing: metric-name *( ";" param ), a metric name being an RFC 9110 token.
 SERVER_TIMING = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+;dur=(\d+(?:\.\d+)?)$")
@@ -47,10 +45,10 @@ def app_with_failing_route() -> Any:
     [("/ping/async?delay=0", 200), ("/ping/async?delay=x", 400), ("/nowhere", 404), ("/boom", 500)],
 )
 async def test_every_response_carries_both_timing_headers(
-    serve: ServeFn, app_with_failing_route: Any, path: str, status: int
+    client_for: ClientFn, app_with_failing_route: Any, path: str, status: int
 ) -> None:
-    async with open_client(serve(app=app_with_failing_route)) as client:
-        response = await client.get(path)
+    client = await client_for(app=app_with_failing_route)
+    response = await client.get(path)
     assert response.status_code == status, response.text
     assert "detail" in response.json() or status == 200
     seconds, dur = timing_headers(response)
@@ -58,13 +56,13 @@ async def test_every_response_carries_both_timing_headers(
     assert dur == pytest.approx(seconds, abs=1e-3)
 
 
-async def test_unexpected_error_is_json_without_traceback(serve: ServeFn, app_with_failing_route: Any) -> None:
-    async with open_client(serve(app=app_with_failing_route)) as client:
-        response = await client.get("/boom")
-        assert response.status_code == 500
-        assert response.json() == {"detail": "Internal Server Error"}
-        assert "secret" not in response.text
-        after = await client.get("/healthz")
+async def test_unexpected_error_is_json_without_traceback(client_for: ClientFn, app_with_failing_route: Any) -> None:
+    client = await client_for(app=app_with_failing_route)
+    response = await client.get("/boom")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal Server Error"}
+    assert "secret" not in response.text
+    after = await client.get("/healthz")
     assert after.status_code == 200, after.text
 
 

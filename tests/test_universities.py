@@ -11,11 +11,8 @@ import pytest
 from starlette.requests import Request
 
 from asgi_app import Settings, create_app, own_address
-from tests.conftest import BOTH_STACKS, ServeFn, open_client, running_server
-from tests.faulty_upstream import faulty_upstream
-from tests.helpers import peak_in_flight, start_end_order
-
-pytestmark = pytest.mark.anyio
+from tests.conftest import BOTH_STACKS, ClientFn
+from tests.utils import peak_in_flight, running_server, start_end_order
 
 LATENCY = 0.3  # long beside the work around each call, which a loaded machine stretches
 TWELVE = ["turkiye", "india", "australia", "germany", "france", "japan", "canada", "brazil", "italy", "spain",
@@ -29,11 +26,11 @@ async def get_ok(client: httpx.AsyncClient, url: str, **kwargs: Any) -> dict[str
 
 
 @BOTH_STACKS
-async def test_sync_route_takes_the_sum_async_route_the_slowest(serve: ServeFn) -> None:
-    async with open_client(serve(upstream_latency=LATENCY)) as client:
-        await get_ok(client, "/upstream/stats")  # the stand-in's process starts on first use: not timed
-        sync = await get_ok(client, "/universities/sync")
-        concurrent = await get_ok(client, "/universities/async")
+async def test_sync_route_takes_the_sum_async_route_the_slowest(client_for: ClientFn) -> None:
+    client = await client_for(upstream_latency=LATENCY)
+    await get_ok(client, "/upstream/stats")  # the stand-in's process starts on first use: not timed
+    sync = await get_ok(client, "/universities/sync")
+    concurrent = await get_ok(client, "/universities/async")
     for body in (sync, concurrent):
         assert [c["country"] for c in body["calls"]] == ["turkiye", "india", "australia"]
         assert [c["count"] for c in body["calls"]] == [188, 475, 59]  # the real data set's counts
@@ -56,13 +53,13 @@ async def test_records_have_the_public_api_schema(client: httpx.AsyncClient) -> 
 
 @BOTH_STACKS
 @pytest.mark.parametrize(("countries", "bound", "waves"), [(6, 2, 3), (12, 10, 2)])
-async def test_async_fanout_never_exceeds_its_bound(serve: ServeFn, countries: int, bound: int, waves: int) -> None:
-    async with open_client(serve(upstream_latency=LATENCY)) as client:
-        await get_ok(client, "/upstream/stats")  # the stand-in's process starts on first use: not timed
-        body = await get_ok(
-            client, "/universities/async", params={"country": TWELVE[:countries], "max_concurrency": bound}
-        )
-        stats = await get_ok(client, "/upstream/stats")
+async def test_async_fanout_never_exceeds_its_bound(
+    client_for: ClientFn, countries: int, bound: int, waves: int
+) -> None:
+    client = await client_for(upstream_latency=LATENCY)
+    await get_ok(client, "/upstream/stats")  # the stand-in's process starts on first use: not timed
+    body = await get_ok(client, "/universities/async", params={"country": TWELVE[:countries], "max_concurrency": bound})
+    stats = await get_ok(client, "/upstream/stats")
     assert body["max_concurrency"] == bound
     assert stats["peak_in_flight"] == bound
     assert stats["served"] == countries
@@ -70,29 +67,31 @@ async def test_async_fanout_never_exceeds_its_bound(serve: ServeFn, countries: i
     assert waves - 0.5 < body["elapsed"] / LATENCY < waves + 2
 
 
-async def test_default_bound_is_the_setting(serve: ServeFn) -> None:
-    async with open_client(serve(upstream_latency=0.1, max_concurrency=4)) as client:
-        body = await get_ok(client, "/universities/async", params={"country": TWELVE[:8]})
-        stats = await get_ok(client, "/upstream/stats")
-        too_high = await client.get("/universities/async", params={"max_concurrency": 5})
+async def test_default_bound_is_the_setting(client_for: ClientFn) -> None:
+    client = await client_for(upstream_latency=0.1, max_concurrency=4)
+    body = await get_ok(client, "/universities/async", params={"country": TWELVE[:8]})
+    stats = await get_ok(client, "/upstream/stats")
+    too_high = await client.get("/universities/async", params={"max_concurrency": 5})
     assert body["max_concurrency"] == 4
     assert stats["peak_in_flight"] == 4
     assert too_high.status_code == 400, too_high.text
 
 
-async def test_duplicate_countries_are_fetched_once(serve: ServeFn) -> None:
-    async with open_client(serve(upstream_latency=0)) as client:
-        query = "country=Turkiye&country=turkiye&country=TURKIYE&country=india"
-        body = await get_ok(client, f"/universities/sync?{query}")
-        stats = await get_ok(client, "/upstream/stats")
+async def test_duplicate_countries_are_fetched_once(client_for: ClientFn) -> None:
+    client = await client_for(upstream_latency=0)
+    query = "country=Turkiye&country=turkiye&country=TURKIYE&country=india"
+    body = await get_ok(client, f"/universities/sync?{query}")
+    stats = await get_ok(client, "/upstream/stats")
     assert [c["country"] for c in body["calls"]] == ["Turkiye", "india"]
     assert stats["served"] == 2
 
 
 @pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
-async def test_unknown_country_is_an_empty_list_with_a_hint_when_near_a_known_one(serve: ServeFn, route: str) -> None:
-    async with open_client(serve(upstream_latency=0)) as client:
-        body = await get_ok(client, route, params={"country": ["Atlantis", "turkey", "korea"]})
+async def test_unknown_country_is_an_empty_list_with_a_hint_when_near_a_known_one(
+    client_for: ClientFn, route: str
+) -> None:
+    client = await client_for(upstream_latency=0)
+    body = await get_ok(client, route, params={"country": ["Atlantis", "turkey", "korea"]})
     assert body["universities"] == {"Atlantis": [], "turkey": [], "korea": []}
     atlantis, turkey, korea = body["calls"]
     assert atlantis["count"] == 0 and "hint" not in atlantis
@@ -100,12 +99,12 @@ async def test_unknown_country_is_an_empty_list_with_a_hint_when_near_a_known_on
     assert "'Korea, Republic of'" in korea["hint"]
 
 
-async def test_stand_in_matches_country_whole_and_name_at_a_word_start(serve: ServeFn) -> None:
-    async with open_client(serve(upstream_latency=0)) as client:
-        swiss = await get_ok(client, "/upstream/search", params={"country": "switzerland"})
-        partial = await get_ok(client, "/upstream/search", params={"country": "switz"})
-        technical = await get_ok(client, "/upstream/search", params={"country": "Turkiye", "name": "TECHN"})
-        inside = await get_ok(client, "/upstream/search", params={"country": "Turkiye", "name": "echn"})
+async def test_stand_in_matches_country_whole_and_name_at_a_word_start(client_for: ClientFn) -> None:
+    client = await client_for(upstream_latency=0)
+    swiss = await get_ok(client, "/upstream/search", params={"country": "switzerland"})
+    partial = await get_ok(client, "/upstream/search", params={"country": "switz"})
+    technical = await get_ok(client, "/upstream/search", params={"country": "Turkiye", "name": "TECHN"})
+    inside = await get_ok(client, "/upstream/search", params={"country": "Turkiye", "name": "echn"})
     assert len(swiss) == 76 and partial == []
     assert "Middle East Technical University" in {r["name"] for r in technical}
     assert all(r["country"] == "Turkiye" for r in technical) and inside == []
@@ -115,29 +114,28 @@ ODD_NAMES = ["Bosnia and Herzegovina", "Trinidad & Tobago", "C#", "why?", "a/b",
 
 
 @pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
-async def test_country_names_arrive_upstream_intact(serve: ServeFn, route: str) -> None:
-    with running_server(faulty_upstream, lifespan="off") as upstream:
-        async with open_client(serve(upstream_url=f"{upstream}/echo")) as client:
-            body = await get_ok(client, route, params={"country": ODD_NAMES})
+async def test_country_names_arrive_upstream_intact(client_for: ClientFn, faulty_upstream_url: str, route: str) -> None:
+    client = await client_for(upstream_url=f"{faulty_upstream_url}/echo")
+    body = await get_ok(client, route, params={"country": ODD_NAMES})
     echoed = {country: records[0]["country"] for country, records in body["universities"].items()}
     assert echoed == {name: name for name in ODD_NAMES}
 
 
-async def test_duplicate_records_from_upstream_are_dropped(serve: ServeFn) -> None:
-    with running_server(faulty_upstream, lifespan="off") as upstream:
-        async with open_client(serve(upstream_url=f"{upstream}/duplicates")) as client:
-            body = await get_ok(client, "/universities/async", params={"country": "x"})
+async def test_duplicate_records_from_upstream_are_dropped(client_for: ClientFn, faulty_upstream_url: str) -> None:
+    client = await client_for(upstream_url=f"{faulty_upstream_url}/duplicates")
+    body = await get_ok(client, "/universities/async", params={"country": "x"})
     assert len(body["universities"]["x"]) == 1
 
 
-async def test_forged_host_header_does_not_redirect_the_upstream_call(serve: ServeFn) -> None:
-    with running_server(faulty_upstream, lifespan="off") as elsewhere:
-        async with open_client(serve(upstream_latency=0)) as client:
-            for route in ("/universities/sync", "/universities/async"):
-                headers = {"Host": elsewhere.removeprefix("http://")}  # a server that would echo
-                body = await get_ok(client, route, params={"country": "japan"}, headers=headers)
-                assert "University of Tokyo" in {r["name"] for r in body["universities"]["japan"]}
-            stats = await get_ok(client, "/upstream/stats")
+async def test_forged_host_header_does_not_redirect_the_upstream_call(
+    client_for: ClientFn, faulty_upstream_url: str
+) -> None:
+    client = await client_for(upstream_latency=0)
+    for route in ("/universities/sync", "/universities/async"):
+        headers = {"Host": faulty_upstream_url.removeprefix("http://")}  # a server that would echo
+        body = await get_ok(client, route, params={"country": "japan"}, headers=headers)
+        assert "University of Tokyo" in {r["name"] for r in body["universities"]["japan"]}
+    stats = await get_ok(client, "/upstream/stats")
     assert stats["served"] == 2  # both calls reached the stand-in in this server
 
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.conftest import ServeFn, open_client, running_server, unused_port
-from tests.faulty_upstream import faulty_upstream
-
-pytestmark = pytest.mark.anyio
+from tests.conftest import ServeFn
+from tests.utils import open_client, unused_port
 
 FAULTS = [
     ("error", 502, "upstream answered 503"),
@@ -23,12 +19,6 @@ FAULTS = [
     ("hang", 504, "no answer within 0.5 s"),
     ("trickle", 504, "no answer within 0.5 s"),
 ]
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    with running_server(faulty_upstream, lifespan="off") as base:
-        yield base
 
 
 async def assert_fault_maps_to(serve: ServeFn, upstream_url: str, status: int, cause: str, route: str) -> None:
@@ -47,9 +37,9 @@ async def assert_fault_maps_to(serve: ServeFn, upstream_url: str, status: int, c
 @pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
 @pytest.mark.parametrize(("fault", "status", "cause"), FAULTS, ids=[f[0] for f in FAULTS])
 async def test_upstream_fault_is_a_clean_gateway_error(
-    serve: ServeFn, upstream: str, route: str, fault: str, status: int, cause: str
+    serve: ServeFn, faulty_upstream_url: str, route: str, fault: str, status: int, cause: str
 ) -> None:
-    await assert_fault_maps_to(serve, f"{upstream}/{fault}", status, cause, route)
+    await assert_fault_maps_to(serve, f"{faulty_upstream_url}/{fault}", status, cause, route)
 
 
 @pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
@@ -57,10 +47,10 @@ async def test_refused_connection_is_a_502(serve: ServeFn, route: str) -> None:
     await assert_fault_maps_to(serve, f"http://127.0.0.1:{unused_port()}", 502, "ConnectError", route)
 
 
-async def test_one_failed_call_cancels_the_rest_of_the_fanout(serve: ServeFn, upstream: str) -> None:
+async def test_one_failed_call_cancels_the_rest_of_the_fanout(serve: ServeFn, faulty_upstream_url: str) -> None:
     # Two calls take 5 s, one fails at once. The task group cancels the slow
     # two instead of waiting for them: the 502 arrives long before 5 s.
-    base = serve(upstream_url=f"{upstream}/mixed", upstream_timeout=10.0)
+    base = serve(upstream_url=f"{faulty_upstream_url}/mixed", upstream_timeout=10.0)
     async with open_client(base) as client:
         response = await client.get("/universities/async", params={"country": ["slow", "fail", "slower"]})
     assert response.status_code == 502, response.text

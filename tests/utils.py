@@ -1,0 +1,271 @@
+"""The harness the tests and the benchmark share: servers, clients, raw HTTP, and counting overlap.
+
+Fixtures live in ``conftest.py``; everything they and the tests call lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+from starlette.types import ASGIApp
+
+REPO = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 10.0  # seconds a server gets to start, and to stop
+
+# The two server stacks a reader may run: what `uvicorn asgi_app:app` picks with
+# uvicorn[standard] installed (FastAPI's default), and plain uvicorn's.
+STACKS = {
+    "uvloop+httptools": {"loop": "uvloop", "http": "httptools"},
+    "asyncio+h11": {"loop": "asyncio", "http": "h11"},
+}
+DEFAULT_STACK = "uvloop+httptools" if importlib.util.find_spec("uvloop") else "asyncio+h11"
+
+
+# ------------------------------------------------------------------ servers
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def is_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@contextlib.contextmanager
+def running_server(app: ASGIApp, *, lifespan: str = "on", stack: str = DEFAULT_STACK) -> Iterator[str]:
+    """Serves ``app`` in a thread of this process until the block ends; yields its base URL."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1,
+        **STACKS[stack],
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=STARTUP_TIMEOUT)
+        assert not thread.is_alive(), "the test server did not shut down"
+
+
+@dataclass
+class UvicornProcess:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+# Where util-linux is installed, a server dies with the process that started it, even a killed one.
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM"] if shutil.which("setpriv") else []
+
+
+@contextlib.contextmanager
+def uvicorn_process(
+    *args: str,
+    tmp: Path,
+    target: str = "asgi_app:app",
+    env: dict[str, str] | None = None,
+    stack: str = DEFAULT_STACK,
+    prefix: Sequence[str] = (),
+) -> Iterator[UvicornProcess]:
+    """``uvicorn TARGET ARGS`` as a real command on a free loopback port, stopped with SIGTERM.
+
+    Its output goes to a file in ``tmp``; ``prefix`` goes before the command (``taskset -c 0``).
+    """
+    port = unused_port()
+    log = tmp / f"uvicorn-{port}.log"
+    command = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--loop", STACKS[stack]["loop"], "--http", STACKS[stack]["http"], *args]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*prefix, *DIE_WITH_PARENT, *command], cwd=REPO, env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a Ctrl-C is ours, and the teardown reaches every worker
+        )  # fmt: skip
+    server = UvicornProcess(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break  # uvicorn listens once the lifespan startup is done
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not start:\n{server.log_text()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STARTUP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+
+
+class Room:
+    """A readers-writer lock across xdist workers, from two lock files.
+
+    Most tests only wait, so the suite runs on several processes, each test
+    inside the room with the others. The few timed parts whose claim needs free
+    cores (a CPU ratio) take the room to themselves with ``to_myself()``. The
+    one waiting for it holds the gate, so no new test enters in the meantime.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.gate = open(directory / "gate.lock", "a")  # noqa: SIM115 -- held for the whole session
+        self.room = open(directory / "room.lock", "a")  # noqa: SIM115
+
+    def enter(self) -> None:
+        fcntl.flock(self.gate, fcntl.LOCK_EX)
+        fcntl.flock(self.room, fcntl.LOCK_SH)
+        fcntl.flock(self.gate, fcntl.LOCK_UN)
+
+    def leave(self) -> None:
+        fcntl.flock(self.room, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def to_myself(self) -> Iterator[None]:
+        self.leave()
+        fcntl.flock(self.gate, fcntl.LOCK_EX)
+        fcntl.flock(self.room, fcntl.LOCK_EX)  # waits for the tests already inside to finish
+        try:
+            yield
+        finally:
+            fcntl.flock(self.room, fcntl.LOCK_UN)
+            fcntl.flock(self.gate, fcntl.LOCK_UN)
+            self.enter()
+
+    def close(self) -> None:
+        self.gate.close()
+        self.room.close()
+
+
+# ------------------------------------------------------------------ clients
+
+
+@contextlib.asynccontextmanager
+async def open_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        yield client
+
+
+async def get_all(client: httpx.AsyncClient, urls: Sequence[str]) -> tuple[list[httpx.Response], float]:
+    """Sends every GET at once; returns the responses in order and the wall time."""
+    began = time.perf_counter()
+    responses = await anyio.amap(client.get, urls)
+    return responses, time.perf_counter() - began
+
+
+def json_records(responses: Sequence[httpx.Response]) -> list[dict[str, Any]]:
+    for response in responses:
+        assert response.status_code == 200, response.text
+    return [response.json() for response in responses]
+
+
+class Reply(NamedTuple):
+    status: int  # 0 when no answer came: refused, reset or timed out
+    body: bytes
+    sent: float  # Unix time, on the same clock as the pings' started and finished
+    received: float
+
+
+async def raw_get(base_url: str, target: str, timeout: float = 30) -> Reply:
+    """One GET on a connection of its own, ``Connection: close``, read to the end.
+
+    A load generator with nothing to spare: no pool, no parsing beyond the status line.
+    """
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    sent, chunks = time.time(), []
+    with contextlib.suppress(OSError, TimeoutError, anyio.BrokenResourceError), anyio.fail_after(timeout):
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            await stream.send(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    chunks.append(await stream.receive())
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = re.match(rb"HTTP/1\.[01] (\d{3})", head)
+    return Reply(int(status.group(1)) if status else 0, body, sent, time.time())
+
+
+async def raw_get_all(base_url: str, targets: Sequence[str], timeout: float = 30) -> list[Reply]:
+    """Every GET at once, each on its own connection; the replies in order."""
+    return await anyio.amap(lambda target: raw_get(base_url, target, timeout), targets)
+
+
+# ------------------------------------------------------- what ran when
+
+
+def start_end_order(records: Sequence[dict[str, Any]]) -> str:
+    """'SESE' when the bodies ran one after another, 'SSEE' when they overlapped."""
+    events = [(r["started"], 1, "S") for r in records] + [(r["finished"], 0, "E") for r in records]
+    return "".join(letter for _, _, letter in sorted(events))  # an end sorts before a start at the same instant
+
+
+def peak_in_flight(records: Sequence[dict[str, Any]]) -> int:
+    """The largest number of endpoint bodies that were running at the same moment."""
+    running = peak = 0
+    for letter in start_end_order(records):
+        running += 1 if letter == "S" else -1
+        peak = max(peak, running)
+    return peak
+
+
+async def wait_for_console_line(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    seen = ""
+    with anyio.fail_after(10):
+        while text not in seen:
+            seen += capsys.readouterr().out
+            await anyio.sleep(0.005)
+
+
+async def instant_ping_during(
+    client: httpx.AsyncClient, capsys: pytest.CaptureFixture[str], slow_url: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sends ``/ping/async?delay=0`` once the server has printed that ``slow_url`` started."""
+    slow: list[httpx.Response] = []
+
+    async def send_slow() -> None:
+        slow.append(await client.get(slow_url))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(send_slow)
+        await wait_for_console_line(capsys, f"start {slow_url.split('?')[0]}")
+        instant = await client.get("/ping/async?delay=0")
+    return json_records(slow)[0], json_records([instant])[0]
