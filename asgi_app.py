@@ -89,6 +89,7 @@ class Settings:
     max_batch: int = 20  # calls per route in one /batch
     batch_timeout: float = 60.0  # seconds one /batch may run before its calls are cut off
     lag_interval: float = 0.05  # seconds the loop-lag meter sleeps between samples
+    console: bool = True  # print a start and an end line for every ping and CPU call
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -277,14 +278,16 @@ def where_am_i() -> dict[str, Any]:
 def run_record(request: Request, **params: float) -> Iterator[dict[str, Any]]:
     """Prints a start and an end line, and fills in where and when the body ran."""
     route = request.scope["route"].path  # the path as routed, the same in every line and answer
-    number = next(REQUEST_NUMBERS)
+    number, console = next(REQUEST_NUMBERS), settings_of(request).console
     record: dict[str, Any] = {"route": route, **params, **where_am_i()}
     shown = " ".join(f"{key}={value}" for key, value in params.items())
-    print(f"start {route} #{number} {shown} thread={record['thread']} ({record['thread_id']})", flush=True)
+    if console:
+        print(f"start {route} #{number} {shown} thread={record['thread']} ({record['thread_id']})", flush=True)
     record["started"] = time.time()
     yield record
     record["finished"] = time.time()
-    print(f"end   {route} #{number} took {record['finished'] - record['started']:.3f}s", flush=True)
+    if console:
+        print(f"end   {route} #{number} took {record['finished'] - record['started']:.3f}s", flush=True)
 
 
 async def ping_blocking(request: Request) -> JSONResponse:

@@ -113,13 +113,8 @@ async def test_thousand_concurrent_async_pings_all_answer(tmp_path: Path) -> Non
 async def test_healthz_answers_while_def_calls_queue_for_threads(tmp_path: Path) -> None:
     delay = 0.3
     with uvicorn_process(tmp=tmp_path) as server:
-        results: list[tuple[int, bytes]] = []
         async with anyio.create_task_group() as group:
-
-            async def load() -> None:
-                results.extend(await raw_get_all(server.base_url, [f"/ping/thread?delay={delay}"] * 120))
-
-            group.start_soon(load)
+            sending = group.start_soon(raw_get_all, server.base_url, [f"/ping/thread?delay={delay}"] * 120)
             with anyio.fail_after(10):
                 while (await health(server.base_url))["thread_pool"]["borrowed"] < 40:
                     await anyio.sleep(0.02)
@@ -127,6 +122,7 @@ async def test_healthz_answers_while_def_calls_queue_for_threads(tmp_path: Path)
     # An async def endpoint needs no thread: it answered while def calls still queued for one.
     assert busy["thread_pool"]["borrowed"] == busy["thread_pool"]["total"] == 40, busy
     assert busy["thread_pool"]["waiting"] > 0, busy
+    results = sending.return_value  # start_soon's task handle (AnyIO 4.16)
     assert [reply.status for reply in results] == [200] * 120
     assert peak_in_flight([json.loads(reply.body) for reply in results]) == 40
 
@@ -135,18 +131,14 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
     env = {"APP_UPSTREAM_LATENCY": "1", "PYTHONWARNINGS": "always::ResourceWarning"}
     with uvicorn_process("--timeout-graceful-shutdown", "5", env=env, tmp=tmp_path) as server:
         targets = ["/ping/async?delay=1"] * 20 + ["/ping/thread?delay=1"] * 5 + ["/universities/async"]
-        results: list[tuple[int, bytes]] = []
         async with anyio.create_task_group() as group:
-
-            async def send_all() -> None:
-                results.extend(await raw_get_all(server.base_url, targets))
-
-            group.start_soon(send_all)
+            sending = group.start_soon(raw_get_all, server.base_url, targets)
             with anyio.fail_after(10):  # every ping and the three upstream searches have started
                 while server.log_text().count("start /ping/") < 25 or (await health(server.base_url))["tasks"] < 30:
                     await anyio.sleep(0.02)
             server.process.send_signal(signal.SIGTERM)
         returncode = server.process.wait(timeout=10)
+    results = sending.return_value  # start_soon's task handle (AnyIO 4.16)
     assert [reply.status for reply in results] == [200] * len(targets)
     assert returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down cleanly
     log = server.log_text()
@@ -158,13 +150,8 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path) -> None:
 async def test_request_cut_by_shutdown_gets_a_json_503_and_no_traceback(tmp_path: Path, stack: str) -> None:
     with uvicorn_process("--timeout-graceful-shutdown", "1", tmp=tmp_path, stack=stack) as server:
         targets = ["/ping/async?delay=5", "/ping/thread?delay=5"]
-        results: list[tuple[int, bytes]] = []
         async with anyio.create_task_group() as group:
-
-            async def send_all() -> None:
-                results.extend(await raw_get_all(server.base_url, targets))
-
-            group.start_soon(send_all)
+            sending = group.start_soon(raw_get_all, server.base_url, targets)
             with anyio.fail_after(10):
                 while server.log_text().count("start /ping/") < 2:
                     await anyio.sleep(0.02)
@@ -172,6 +159,7 @@ async def test_request_cut_by_shutdown_gets_a_json_503_and_no_traceback(tmp_path
             server.process.send_signal(signal.SIGTERM)
         cut_after = time.perf_counter() - began
         server.process.wait(timeout=10)
+    results = sending.return_value
     assert [reply.status for reply in results] == [503, 503], results
     assert [json.loads(reply.body) for reply in results] == [{"detail": "the server is shutting down"}] * 2
     assert cut_after < 4  # cut at the 1 s timeout, not left to run their 5 s

@@ -1,0 +1,123 @@
+"""The text report: every figure under the name of the stack it was measured on, and the targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.load import LOAD_CONNECTIONS, THROUGHPUT_PATH
+from bench.measure import (
+    BLOCKING_CAP,
+    CONCURRENCY,
+    FANOUT_ASYNC_REPEATS,
+    FANOUT_BOUND,
+    PAIRS,
+    PING_DELAY,
+    THREAD_TOKENS,
+    THROUGHPUT_ROUNDS,
+    THROUGHPUT_SECONDS,
+    TIMELINE_DELAY,
+    TIMELINE_REQUESTS,
+)
+from bench.variants import VARIANTS
+
+# The lowest app / FastAPI and app / bare-ASGI throughput ratios we hold ourselves to, per stack.
+RATIO_TARGETS = {"uvloop+httptools": {"fastapi": 4.0, "bare-asgi": 0.55}, "asyncio+h11": {"bare-asgi": 0.75}}
+TIMING_COST_TARGET = 0.05
+
+
+def targets(stack: str, results: dict[str, Any]) -> list[tuple[bool, str]]:
+    ratios = results["throughput"]["ratios"]
+    ping = next(row for row in results["concurrency"] if row["route"] == "/ping/async" and row["n"] == 1000)
+    fan = {row["countries"]: row["async"]["ratio"] for row in results["fanout"]}
+    cost = 1 - results["throughput"]["paired"]["app/no-timing"]["median"]
+    in_rounds = 1 - ratios["app/no-timing"]
+    checks = [
+        (
+            cost <= TIMING_COST_TARGET,
+            f"timing middleware costs <= {TIMING_COST_TARGET:.0%}: {cost:+.1%} paired ({in_rounds:+.1%} in rounds)",
+        )
+    ]
+    for name, least in RATIO_TARGETS.get(stack, {}).items():
+        checks.append((ratios[f"app/{name}"] >= least, f"app / {name} >= {least}: {ratios[f'app/{name}']:.2f}"))
+    checks += [
+        (
+            ping["waves"] <= 1.2 and not ping["failed"],
+            f"1000 concurrent /ping/async?delay=1 within 1.2 s: {ping['wall']:.2f} s, {ping['failed']} failed",
+        ),
+        (fan[3] <= 1.1, f"async fan-out, 3 countries, within 1.1 x L: {fan[3]:.2f} x L"),
+        (fan[30] <= 1.25, f"async fan-out, 30 countries (bound 30), within 1.25 x L: {fan[30]:.2f} x L"),
+    ]
+    return checks
+
+
+def report(meta: dict[str, Any], by_stack: dict[str, dict[str, Any]]) -> str:
+    lines = [f"load: {meta['load']}; {meta['pinning']}", meta["versions"]]
+    for stack, results in by_stack.items():
+        lines += ["", f"=== {stack} (Python {meta['python']}, uvicorn --loop/--http as named)", ""]
+        lines += fanout_lines(results["fanout"], meta["latency"]) + [""]
+        lines += concurrency_lines(results["concurrency"]) + [""]
+        lines += throughput_lines(results["throughput"]) + [""]
+        lines += timeline_lines(results["timeline"]) + ["", f"Targets on {stack}"]
+        lines += [f"   {'PASS' if ok else 'MISS'}  {text}" for ok, text in targets(stack, results)]
+    return "\n".join(lines + ["", f"whole bench: {meta['wall']:.0f} s"])
+
+
+def fanout_lines(rows: list[dict[str, Any]], latency: float) -> list[str]:
+    lines = [
+        f"1. Fan-out, upstream latency L = {latency:g} s, bound {FANOUT_BOUND} (async: median of {FANOUT_ASYNC_REPEATS})"
+    ]
+    lines.append(f"   {'countries':>9} {'sync':>8} {'ideal':>7} {'ratio':>6}   {'async':>7} {'ideal':>6} {'ratio':>6}")
+    for row in rows:
+        sync, fan = row["sync"], row["async"]
+        lines.append(
+            f"   {row['countries']:>9} {sync['wall']:>7.2f}s {sync['ideal']:>6.2f}s {sync['ratio']:>6.2f}"
+            f"   {fan['wall']:>6.2f}s {fan['ideal']:>5.2f}s {fan['ratio']:>6.2f}"
+        )
+    return lines
+
+
+def concurrency_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["2. Concurrent pings: wall time / d (ideal in brackets), one new connection per request"]
+    lines.append(f"   {'route':<15} {'d':>5}" + "".join(f"{n:>14}" for n in CONCURRENCY))
+    for route, delay in PING_DELAY.items():
+        cells = {row["n"]: row for row in rows if row["route"] == f"/ping/{route}"}
+        text = "".join(f"{cell_text(cells.get(n)):>14}" for n in CONCURRENCY)
+        lines.append(f"   /ping/{route:<9} {delay:>4g}s{text}")
+    widest = max((row for row in rows if row["route"] == "/ping/async"), key=lambda row: row["n"])
+    lines.append(f"   /ping/blocking stops at {BLOCKING_CAP} with a short d: it runs one request at a time")
+    lines.append(f"   /ping/thread runs {THREAD_TOKENS} at a time (the AnyIO thread pool's tokens)")
+    lines.append(
+        f"   {widest['n']} x /ping/async: the last body began {widest['last_start']:.2f} s after the first connect"
+    )
+    return lines
+
+
+def cell_text(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "skipped"
+    return f"{row['waves']:.2f} ({row['ideal']})" + (f" {row['failed']} failed" if row["failed"] else "")
+
+
+def throughput_lines(data: dict[str, Any]) -> list[str]:
+    lines = [f"3. Requests per second on {THROUGHPUT_PATH}, {LOAD_CONNECTIONS} connections kept alive"]
+    rounds = f"{THROUGHPUT_ROUNDS} interleaved rounds x {THROUGHPUT_SECONDS:g} s"
+    lines.append(f"   {rounds}: the median, and the median of the ratios within each round")
+    for name, (*_, what) in VARIANTS.items():
+        ratio = 1 / data["ratios"][f"app/{name}"]
+        lines.append(f"   {name:<10} {what:<40} {data['median'][name]:>8.0f}  {ratio:>5.2f}x this app")
+    lines.append(
+        f"   app / FastAPI {data['ratios']['app/fastapi']:.2f}x, app / bare ASGI {data['ratios']['app/bare-asgi']:.2f}x"
+    )
+    lines.append("   share of throughput it costs    paired (both loaded at once)    in the rounds")
+    for (first, second), what in zip(PAIRS, ("the timing middleware", "printing the ping lines"), strict=True):
+        key = f"{first}/{second}"
+        lines.append(f"   {what:<31} {1 - data['paired'][key]['median']:>+28.1%}    {1 - data['ratios'][key]:>+13.1%}")
+    return lines
+
+
+def timeline_lines(bars_by_route: dict[str, list[dict[str, float]]]) -> list[str]:
+    lines = [f"4. Timeline: {TIMELINE_REQUESTS} concurrent pings, d = {TIMELINE_DELAY:g} s (seconds after the first)"]
+    for route, bars in bars_by_route.items():
+        starts = " ".join(f"{bar['started']:.2f}" for bar in bars)
+        lines.append(f"   {route:<15} bodies start at {starts}; last answer at {max(b['received'] for b in bars):.2f}")
+    return lines
