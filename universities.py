@@ -152,58 +152,65 @@ def upstream_faults(country: str, timeout: float) -> Iterator[None]:
         raise UpstreamError(country, f"{type(exc).__name__}: {exc or 'connection failed'}") from None
 
 
-class BodyReader:
-    """Checks the status, collects the body up to the size cap, then parses the records."""
+def check_head(country: str, upstream: Upstream, response: httpx.Response) -> None:
+    """What both fetchers check before reading a body: the status, and the length it announces."""
+    if not response.is_success:
+        raise UpstreamError(country, f"upstream answered {response.status_code}")
+    if int(response.headers.get("content-length") or 0) > upstream.max_bytes:
+        raise UpstreamError(country, f"body larger than {upstream.max_bytes} bytes")
 
-    def __init__(self, country: str, upstream: Upstream, response: httpx.Response) -> None:
+
+class CappedBody:
+    """A body's bytes as they arrive, refused the moment they pass ``max_bytes``."""
+
+    def __init__(self, country: str, max_bytes: int) -> None:
         self.country = country
-        self.max_bytes = upstream.max_bytes
-        self.body = bytearray()
-        if not response.is_success:
-            raise UpstreamError(country, f"upstream answered {response.status_code}")
-        if int(response.headers.get("content-length") or 0) > self.max_bytes:
-            raise UpstreamError(country, f"body larger than {self.max_bytes} bytes")
+        self.max_bytes = max_bytes
+        self.data = bytearray()
 
     def feed(self, chunk: bytes) -> None:
-        self.body += chunk
-        if len(self.body) > self.max_bytes:
+        self.data += chunk
+        if len(self.data) > self.max_bytes:
             raise UpstreamError(self.country, f"body larger than {self.max_bytes} bytes")
 
-    def universities(self) -> list[University]:
-        try:
-            data = json.loads(self.body)  # invalid UTF-8 is a ValueError too
-            if not isinstance(data, list):
-                raise ValueError(f"expected a JSON array, got {type(data).__name__}")
-            records = [University.from_json(item) for item in data]
-        except ValueError as exc:
-            raise UpstreamError(self.country, f"invalid response: {exc}") from None
-        return list(dict.fromkeys(records))  # the public API has served duplicates
+
+def parse_universities(country: str, body: bytes | bytearray) -> list[University]:
+    try:
+        data = json.loads(body)  # invalid UTF-8 is a ValueError too
+        if not isinstance(data, list):
+            raise ValueError(f"expected a JSON array, got {type(data).__name__}")
+        records = [University.from_json(item) for item in data]
+    except ValueError as exc:
+        raise UpstreamError(country, f"invalid response: {exc}") from None
+    return list(dict.fromkeys(records))  # the public API has served duplicates
 
 
 def fetch_country_sync(client: httpx.Client, upstream: Upstream, country: str) -> list[University]:
     deadline = time.monotonic() + upstream.timeout
+    body = CappedBody(country, upstream.max_bytes)
     with upstream_faults(country, upstream.timeout):
         with client.stream("GET", upstream.search_url, params={"country": country}) as response:
-            reader = BodyReader(country, upstream, response)
+            check_head(country, upstream, response)
             for chunk in response.iter_bytes():
-                reader.feed(chunk)
+                body.feed(chunk)
                 if time.monotonic() > deadline:  # a trickling body would beat the per-read timeout
                     raise TimeoutError
-    return reader.universities()
+    return parse_universities(country, body.data)
 
 
 async def fetch_country_async(client: httpx.AsyncClient, upstream: Upstream, country: str) -> list[University]:
     slot = upstream.slots or contextlib.nullcontext()
+    body = CappedBody(country, upstream.max_bytes)
     with upstream_faults(country, upstream.timeout), anyio.fail_after(upstream.timeout):
         async with slot, client.stream("GET", upstream.search_url, params={"country": country}) as response:
-            reader = BodyReader(country, upstream, response)
+            check_head(country, upstream, response)
             async for chunk in response.aiter_bytes():
-                reader.feed(chunk)
-    if len(reader.body) < DECODE_IN_THREAD_BYTES:
-        return reader.universities()  # under a millisecond on the loop: cheaper than a thread hop
+                body.feed(chunk)
+    if len(body.data) < DECODE_IN_THREAD_BYTES:
+        return parse_universities(country, body.data)  # under a millisecond on the loop: cheaper than a thread hop
     # Measured (tests/stand_in_cost.py): decoding the 5 biggest countries on the loop made an instant ping wait
     # 19 ms, in a thread 11 ms. The thread still shares the GIL, but it yields it every 5 ms, so the loop runs.
-    return await anyio.to_thread.run_sync(reader.universities, limiter=upstream.slots)  # the loop serves meanwhile
+    return await anyio.to_thread.run_sync(parse_universities, country, body.data, limiter=upstream.slots)  # loop serves
 
 
 # ---------------------------------------------------------- many calls
@@ -228,19 +235,17 @@ async def fetch_all_async(
     # connection is left half-read. gather would raise the first error and leave
     # the other calls running, unobserved.
     limiter = anyio.CapacityLimiter(max_concurrency)
-    results: dict[str, CountryResult] = {}
     began = time.perf_counter()
 
-    async def fetch(country: str) -> None:
+    async def fetch(country: str) -> CountryResult:
         async with limiter:  # waits here while max_concurrency calls are in flight
             started = time.perf_counter() - began
             universities = await fetch_country_async(client, upstream, country)  # yields the loop while waiting
-            results[country] = CountryResult(country, universities, started, time.perf_counter() - began)
+            return CountryResult(country, universities, started, time.perf_counter() - began)
 
     try:
         async with anyio.create_task_group() as group:
-            for country in countries:
-                group.start_soon(fetch, country)
+            calls = [group.start_soon(fetch, country) for country in countries]  # task handles, in order
     except ExceptionGroup as group:
         # Not `except* UpstreamError`: CPython 3.11.0-3.11.3 wrap an exception raised
         # inside an except* clause in a new group (Debian 12's python3 is 3.11.2).
@@ -248,7 +253,7 @@ async def fetch_all_async(
         if failures is None:
             raise
         raise first_leaf(failures) from None
-    return [results[country] for country in countries]
+    return [call.return_value for call in calls]
 
 
 def first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
