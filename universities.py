@@ -208,7 +208,7 @@ async def fetch_country_async(client: httpx.AsyncClient, upstream: Upstream, cou
                 body.feed(chunk)
     if len(body.data) < DECODE_IN_THREAD_BYTES:
         return parse_universities(country, body.data)  # under a millisecond on the loop: cheaper than a thread hop
-    # Measured (tests/stand_in_cost.py): decoding the 5 biggest countries on the loop made an instant ping wait
+    # Measured (bench/stand_in_cost.py): decoding the 5 biggest countries on the loop made an instant ping wait
     # 19 ms, in a thread 11 ms. The thread still shares the GIL, but it yields it every 5 ms, so the loop runs.
     return await anyio.to_thread.run_sync(parse_universities, country, body.data, limiter=upstream.slots)  # loop serves
 

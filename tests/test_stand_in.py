@@ -161,7 +161,7 @@ async def test_a_hostile_pattern_is_searched_literally_and_promptly(stand_in_bas
 
 
 async def test_stand_in_runs_in_another_process_and_stops_with_the_server() -> None:
-    # Its start-up time is a figure, not a test: `python tests/stand_in_cost.py` measures it.
+    # Its start-up time is a figure, not a test: `python -m bench.stand_in_cost` measures it.
     with running_server(create_app(Settings(upstream_latency=0))) as base:
         async with open_client(base) as client:
             stats = (await client.get("/upstream/stats")).json()

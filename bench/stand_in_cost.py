@@ -1,6 +1,6 @@
 """What the stand-in's process costs at start-up, and what big answers cost the event loop.
 
-``python -m tests.stand_in_cost`` first starts the app in this process five
+``python -m bench.stand_in_cost`` first starts the app in this process five
 times (``running_server``, as the tests do) and prints how long until uvicorn
 reports started, and until a first ``/upstream/stats`` through the app has
 answered (the child is up). Then it serves the app twice in a subprocess (uvicorn,
@@ -13,50 +13,41 @@ back, and prints the slowest ping and the fan-out's time, per round.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import httpx
+from starlette.types import ASGIApp
 
-from tests.utils import REPO, unused_port
+import universities
+from asgi_app import Settings, create_app
+from tests.utils import running_server, uvicorn_process
 
 BIGGEST = ["United States", "Japan", "India", "China", "Germany"]
 ROUNDS = 7
 
 
-def serve(mode: str, port: int) -> None:
-    import uvicorn
+def app_decoding_on_the_loop() -> ASGIApp:
+    """The app as it was before bodies over ``DECODE_IN_THREAD_BYTES`` went to a thread."""
+    universities.DECODE_IN_THREAD_BYTES = sys.maxsize  # every body decoded on the loop
+    return create_app(Settings.from_env())
 
-    import universities
-    from asgi_app import Settings, create_app
 
-    if mode == "loop":
-        universities.DECODE_IN_THREAD_BYTES = sys.maxsize  # every body decoded on the loop, as before
-    uvicorn.run(create_app(Settings(upstream_latency=0.05)), host="127.0.0.1", port=port, log_level="warning")
+TARGETS = {"loop": ("bench.stand_in_cost:app_decoding_on_the_loop", "--factory"), "thread": ("asgi_app:app",)}
 
 
 @contextlib.contextmanager
 def server(mode: str) -> Iterator[str]:
-    port = unused_port()
-    command = [sys.executable, "-m", "tests.stand_in_cost", "--serve", mode, "--port", str(port)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)  # the pings print two lines each
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/upstream/stats", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.05)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    target, *options = TARGETS[mode]
+    env = {"APP_UPSTREAM_LATENCY": "0.05", "APP_CONSOLE": "0"}
+    with tempfile.TemporaryDirectory() as tmp, uvicorn_process(*options, tmp=Path(tmp), target=target, env=env) as up:
+        yield up.base_url
 
 
 async def one_round(base: str) -> tuple[float, float]:
@@ -83,9 +74,6 @@ async def one_round(base: str) -> tuple[float, float]:
 
 
 def measure_startup() -> None:
-    from asgi_app import Settings, create_app
-    from tests.utils import running_server
-
     for _ in range(5):
         began = time.perf_counter()
         with running_server(create_app(Settings(upstream_latency=0))) as base:
@@ -109,15 +97,8 @@ async def measure() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--serve", choices=["loop", "thread"])
-    parser.add_argument("--port", type=int)
-    args = parser.parse_args()
-    if args.serve:
-        serve(args.serve, args.port)
-    else:
-        measure_startup()
-        anyio.run(measure)
+    measure_startup()
+    anyio.run(measure)
 
 
 if __name__ == "__main__":
