@@ -33,6 +33,7 @@ BACKLOG = 2048  # uvicorn's listen queue: room for 1000 connections arriving at 
 FANOUT_BOUND = 30
 FANOUT_COUNTS = (1, 3, 10, 30)
 FANOUT_ASYNC_REPEATS = 3  # async calls are cheap, so take a median; the sync ones run once
+BIGGEST = ("United States", "Japan", "India", "China", "Germany")  # the data set's largest answers
 
 CONCURRENCY = (1, 10, 100, 1000)
 PING_DELAY = {"blocking": 0.1, "async": 1.0, "thread": 1.0}
@@ -97,6 +98,19 @@ def fanout(base_url: str, latency: float) -> list[dict[str, Any]]:
             row[kind] = {"wall": wall, "ideal": ideal, "ratio": wall / ideal, "walls": walls}
         rows.append(row)
     return rows
+
+
+def large_answers(base_url: str, latency: float) -> dict[str, Any]:
+    """Both routes over the biggest countries: the same calls, with 4,000-odd records to decode and re-encode."""
+    query = urllib.parse.urlencode([("country", country) for country in BIGGEST])
+    row: dict[str, Any] = {"countries": list(BIGGEST)}
+    for kind, ideal in (("sync", len(BIGGEST) * latency), ("async", latency)):
+        progress(f"large answers: /universities/{kind} with the {len(BIGGEST)} biggest countries")
+        wall, [reply] = batch(base_url, [f"/universities/{kind}?{query}"], timeout=2 * ideal + 10)
+        body = json.loads(reply.body)
+        row[kind] = {"wall": wall, "ideal": ideal, "ratio": wall / ideal, "bytes": len(reply.body)}
+        row["records"] = sum(call["count"] for call in body["calls"])
+    return row
 
 
 def ideal_waves(route: str, n: int) -> int:
@@ -180,6 +194,7 @@ def run(stack: str, latency: float, cpus: Any) -> dict[str, Any]:
         for kind in ("sync", "async"):
             measure_one(url, f"/universities/{kind}?country=turkiye", latency)  # warm-up: the stand-in, connections
         results["fanout"] = fanout(url, latency)
+        results["large"] = large_answers(url, latency)
     with serving("asgi_app:app", stack, cpus, env=app_env()) as url:
         batch(url, [THROUGHPUT_PATH] * 10, timeout=10)  # warm-up
         results["concurrency"] = concurrency(url)

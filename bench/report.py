@@ -54,7 +54,7 @@ def report(meta: dict[str, Any], by_stack: dict[str, dict[str, Any]]) -> str:
     lines = [f"load: {meta['load']}; {meta['pinning']}", meta["versions"]]
     for stack, results in by_stack.items():
         lines += ["", f"=== {stack} (Python {meta['python']}, uvicorn --loop/--http as named)", ""]
-        lines += fanout_lines(results["fanout"], meta["latency"]) + [""]
+        lines += fanout_lines(results["fanout"], meta["latency"]) + large_lines(results.get("large")) + [""]
         lines += concurrency_lines(results["concurrency"]) + [""]
         lines += throughput_lines(results["throughput"]) + [""]
         lines += timeline_lines(results["timeline"]) + ["", f"Targets on {stack}"]
@@ -74,6 +74,15 @@ def fanout_lines(rows: list[dict[str, Any]], latency: float) -> list[str]:
             f"   {fan['wall']:>6.2f}s {fan['ideal']:>5.2f}s {fan['ratio']:>6.2f}"
         )
     return lines
+
+
+def large_lines(row: dict[str, Any] | None) -> list[str]:
+    if row is None:
+        return []
+    sync, fan = row["sync"], row["async"]
+    what = f"the {len(row['countries'])} biggest countries ({row['records']:,} records, {sync['bytes'] / 1e6:.1f} MB)"
+    sync_text = f"sync {sync['wall']:.2f}s ({sync['ratio']:.2f} x ideal)"
+    return [f"   {what}: {sync_text}, async {fan['wall']:.2f}s ({fan['ratio']:.2f} x ideal)"]
 
 
 def concurrency_lines(rows: list[dict[str, Any]]) -> list[str]:
