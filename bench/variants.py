@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from asgi_app import Settings, build_starlette
+from asgi_app import Settings, ShutdownMiddleware, build_starlette
 
 # name: (uvicorn import string, is a factory, extra environment, what it is)
 VARIANTS: dict[str, tuple[str, bool, dict[str, str], str]] = {
@@ -31,7 +31,7 @@ VARIANTS: dict[str, tuple[str, bool, dict[str, str], str]] = {
 
 
 def app_without_timing() -> ASGIApp:
-    return build_starlette(Settings.from_env())  # the Starlette app that TimingMiddleware wraps
+    return ShutdownMiddleware(build_starlette(Settings.from_env()))  # the app minus its outermost layer
 
 
 async def add_timing_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -47,7 +47,7 @@ async def add_timing_headers(request: Request, call_next: Callable[[Request], Aw
 def app_with_base_http_middleware() -> ASGIApp:
     app = build_starlette(Settings.from_env())
     app.add_middleware(BaseHTTPMiddleware, dispatch=add_timing_headers)
-    return app
+    return ShutdownMiddleware(app)
 
 
 async def bare_asgi(scope: Scope, receive: Receive, send: Send) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import ServeFn
+from tests.conftest import ClientFn
+from tests.utils import error_detail
 
 BAD_DELAYS = ["abc", "", "-1", "-0.001", "nan", "inf", "-inf", "10.001", "1e309", "0x10", "1,5"]
 
@@ -13,9 +14,7 @@ BAD_DELAYS = ["abc", "", "-1", "-0.001", "nan", "inf", "-inf", "10.001", "1e309"
 @pytest.mark.parametrize("route", ["/ping/blocking", "/ping/async", "/ping/thread"])
 @pytest.mark.parametrize("delay", BAD_DELAYS)
 async def test_bad_delay_is_a_400_json_error(client: httpx.AsyncClient, route: str, delay: str) -> None:
-    response = await client.get(route, params={"delay": delay})
-    assert response.status_code == 400, response.text
-    detail = response.json()["detail"]
+    detail = await error_detail(client, route, delay=delay)
     assert "delay" in detail and repr(delay) in detail
 
 
@@ -26,12 +25,10 @@ async def test_repeated_delay_is_a_400_json_error(client: httpx.AsyncClient, rou
     assert response.json() == {"detail": "delay given 2 times; give it once"}
 
 
-async def test_max_delay_is_a_setting(serve: ServeFn) -> None:
-    async with httpx.AsyncClient(base_url=serve(max_delay=0.5)) as client:
-        too_long = await client.get("/ping/async?delay=0.6")
-        at_limit = await client.get("/ping/async?delay=0.5")
-    assert too_long.status_code == 400
-    assert "between 0 and 0.5 seconds" in too_long.json()["detail"]
+async def test_max_delay_is_a_setting(client_for: ClientFn) -> None:
+    client = await client_for(max_delay=0.5)
+    assert "between 0 and 0.5 seconds" in await error_detail(client, "/ping/async?delay=0.6")
+    at_limit = await client.get("/ping/async?delay=0.5")
     assert at_limit.status_code == 200, at_limit.text
 
 
@@ -60,15 +57,13 @@ BAD_COUNTRY_QUERIES = {
 @pytest.mark.parametrize(("query", "message"), BAD_COUNTRY_QUERIES.values(), ids=BAD_COUNTRY_QUERIES.keys())
 async def test_bad_universities_query_is_a_400_json_error(client: httpx.AsyncClient, query: str, message: str) -> None:
     route = "/universities/async" if "max_concurrency" in query else "/universities/sync"
-    response = await client.get(f"{route}?{query}")
-    assert response.status_code == 400, response.text
-    assert message in response.json()["detail"]
+    assert message in await error_detail(client, f"{route}?{query}")
 
 
-async def test_twenty_distinct_countries_are_accepted(serve: ServeFn) -> None:
-    async with httpx.AsyncClient(base_url=serve(upstream_latency=0), timeout=30) as client:
-        query = "&".join(f"country=c{i % 20}" for i in range(40))  # 40 given, 20 distinct
-        response = await client.get(f"/universities/async?{query}")
+async def test_twenty_distinct_countries_are_accepted(client_for: ClientFn) -> None:
+    client = await client_for(upstream_latency=0)
+    query = "&".join(f"country=c{i % 20}" for i in range(40))  # 40 given, 20 distinct
+    response = await client.get(f"/universities/async?{query}")
     assert response.status_code == 200, response.text
     assert len(response.json()["calls"]) == 20
 
@@ -89,6 +84,4 @@ async def test_twenty_distinct_countries_are_accepted(serve: ServeFn) -> None:
     ],
 )
 async def test_bad_cpu_size_is_a_400_json_error(client: httpx.AsyncClient, route: str, n: str, message: str) -> None:
-    response = await client.get(route, params={"n": n})
-    assert response.status_code == 400, response.text
-    assert response.json()["detail"].startswith(message)
+    assert (await error_detail(client, route, n=n)).startswith(message)

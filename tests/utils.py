@@ -193,6 +193,15 @@ async def get_all(client: httpx.AsyncClient, urls: Sequence[str]) -> tuple[list[
     return responses, time.perf_counter() - began
 
 
+async def error_detail(client: httpx.AsyncClient, url: str | httpx.URL, status: int = 400, **params: str) -> str:
+    """GETs ``url`` (with ``params``), checks it failed with ``status`` and a JSON body; returns its ``detail``."""
+    response = await client.get(url, params=params or None)
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str), response.text
+    return detail
+
+
 def json_records(responses: Sequence[httpx.Response]) -> list[dict[str, Any]]:
     for response in responses:
         assert response.status_code == 200, response.text
