@@ -1,10 +1,12 @@
-"""The four measurements, each against real uvicorn servers on one stack.
+"""The five measurements, each against real uvicorn servers on one stack.
 
 1. Fan-out: ``/universities/sync`` takes N x L for N countries, ``/universities/async`` about L.
 2. Concurrency: N pings at once take N x d when the loop blocks, d when they await,
    and ceil(N / 40) x d in the thread pool.
 3. Throughput: requests per second of the app and its variants (``bench/variants.py``).
 4. A timeline of 5 concurrent pings per route: a staircase when the loop blocks.
+5. CPU work: one call and two at once per /cpu route, an instant ping sent beside each,
+   and two blocking pings on one worker process and on two.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from asgi_app import Settings
 from bench.load import THROUGHPUT_PATH, batch, pinned, rates_at_once
 from bench.variants import VARIANTS
-from tests.utils import UvicornProcess, uvicorn_process
+from tests.utils import UvicornProcess, raw_get, uvicorn_process
 from universities import known_countries
 
 BACKLOG = 2048  # uvicorn's listen queue: room for 1000 connections arriving at once
@@ -49,6 +53,9 @@ PAIRED_ROUNDS = 8
 TIMELINE_REQUESTS = 5
 TIMELINE_DELAY = 0.5
 
+CPU_N = 5_000_000  # about 0.4 s of pure-Python work on a 2-core EPYC
+PING_AFTER = 0.2  # seconds into a busy call that the instant ping is sent
+
 STARTED = time.monotonic()
 
 
@@ -63,11 +70,15 @@ def app_env(**settings: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serving(target: str, stack: str, cpus: Any, *, factory: bool = False, env: dict[str, str]) -> Iterator[str]:
-    """``uvicorn target`` on the server CPU; yields its base URL."""
+def serving(
+    target: str, stack: str, cpus: Any, *, env: dict[str, str], factory: bool = False, **more: Any
+) -> Iterator[str]:
+    """``uvicorn target`` on the server CPU (or ``prefix=...``, ``workers=N``); yields its base URL."""
     options = ["--log-level", "warning", "--backlog", str(BACKLOG), "--timeout-graceful-shutdown", "1"]
+    options += ["--factory"] * factory + ["--workers", str(more["workers"])] * ("workers" in more)
+    prefix = more.get("prefix", pinned(cpus, 0))
     with tempfile.TemporaryDirectory() as tmp, uvicorn_process(
-        *options, *["--factory"] * factory, tmp=Path(tmp), target=target, env=env, stack=stack, prefix=pinned(cpus, 0)
+        *options, tmp=Path(tmp), target=target, env=env, stack=stack, prefix=prefix
     ) as server:  # fmt: skip
         yield server.base_url
         report_log(target, server)
@@ -178,6 +189,42 @@ def timeline(base_url: str) -> dict[str, list[dict[str, float]]]:
     return bars
 
 
+async def ping_during(base_url: str, busy_path: str) -> float:
+    """Seconds an instant ``/ping/async?delay=0`` takes when sent ``PING_AFTER`` s into ``busy_path``."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(raw_get, base_url, busy_path)
+        await anyio.sleep(PING_AFTER)
+        reply = await raw_get(base_url, "/ping/async?delay=0")
+    return reply.received - reply.sent
+
+
+def cpu_work(base_url: str) -> list[dict[str, Any]]:
+    batch(base_url, ["/cpu/process?n=1"] * 2, timeout=30)  # the process pool started before timing
+    rows = []
+    for route in ("blocking", "thread", "process"):
+        progress(f"cpu: /cpu/{route}?n={CPU_N}, one call, two at once, and an instant ping beside it")
+        path = f"/cpu/{route}?n={CPU_N}"
+        one, _ = batch(base_url, [path], timeout=60)
+        two, _ = batch(base_url, [path] * 2, timeout=60)
+        ping = anyio.run(ping_during, base_url, f"/cpu/{route}?n={2 * CPU_N}")
+        rows.append({"route": f"/cpu/{route}", "one": one, "two": two, "instant_ping": ping})
+    return rows
+
+
+def blocking_pair(base_url: str) -> float:
+    """Two /ping/blocking?delay=1, the second sent 0.1 s after the first: wall time of the pair."""
+
+    async def pair() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(raw_get, base_url, "/ping/blocking?delay=1")
+            await anyio.sleep(0.1)
+            group.start_soon(raw_get, base_url, "/ping/blocking?delay=1")
+
+    began = time.perf_counter()
+    anyio.run(pair)
+    return time.perf_counter() - began
+
+
 def run(stack: str, latency: float, cpus: Any) -> dict[str, Any]:
     """Every measurement on one stack."""
     results: dict[str, Any] = {}
@@ -199,4 +246,12 @@ def run(stack: str, latency: float, cpus: Any) -> dict[str, Any]:
         batch(url, [THROUGHPUT_PATH] * 10, timeout=10)  # warm-up
         results["concurrency"] = concurrency(url)
         results["timeline"] = timeline(url)
+    both_cpus = ["taskset", "-c", f"{cpus[0]},{cpus[1]}"] if cpus else []  # processes need a second core
+    with serving("asgi_app:app", stack, None, env=app_env(), prefix=both_cpus) as url:
+        results["cpu"] = cpu_work(url)
+        progress("workers: two /ping/blocking?delay=1 0.1 s apart, one worker")
+        results["workers"] = {"1": blocking_pair(url)}
+    with serving("asgi_app:app", stack, None, env=app_env(), prefix=both_cpus, workers=2) as url:
+        progress("workers: two /ping/blocking?delay=1 0.1 s apart, --workers 2")
+        results["workers"]["2"] = blocking_pair(url)
     return results

@@ -8,6 +8,7 @@ from bench.load import LOAD_CONNECTIONS, THROUGHPUT_PATH
 from bench.measure import (
     BLOCKING_CAP,
     CONCURRENCY,
+    CPU_N,
     FANOUT_ASYNC_REPEATS,
     FANOUT_BOUND,
     PAIRS,
@@ -57,7 +58,8 @@ def report(meta: dict[str, Any], by_stack: dict[str, dict[str, Any]]) -> str:
         lines += fanout_lines(results["fanout"], meta["latency"]) + large_lines(results.get("large")) + [""]
         lines += concurrency_lines(results["concurrency"]) + [""]
         lines += throughput_lines(results["throughput"]) + [""]
-        lines += timeline_lines(results["timeline"]) + ["", f"Targets on {stack}"]
+        lines += timeline_lines(results["timeline"]) + [""]
+        lines += cpu_lines(results.get("cpu"), results.get("workers")) + ["", f"Targets on {stack}"]
         lines += [f"   {'PASS' if ok else 'MISS'}  {text}" for ok, text in targets(stack, results)]
     return "\n".join(lines + ["", f"whole bench: {meta['wall']:.0f} s"])
 
@@ -121,6 +123,19 @@ def throughput_lines(data: dict[str, Any]) -> list[str]:
     for (first, second), what in zip(PAIRS, ("the timing middleware", "printing the ping lines"), strict=True):
         key = f"{first}/{second}"
         lines.append(f"   {what:<31} {1 - data['paired'][key]['median']:>+28.1%}    {1 - data['ratios'][key]:>+13.1%}")
+    return lines
+
+
+def cpu_lines(rows: list[dict[str, Any]] | None, workers: dict[str, float] | None) -> list[str]:
+    if rows is None or workers is None:
+        return []
+    lines = [f"5. CPU work, n = {CPU_N:,} (server on both cores): wall time, and an instant ping sent into a 2n call"]
+    lines.append(f"   {'route':<15} {'1 call':>8} {'2 at once':>10} {'instant ping':>13}")
+    for row in rows:
+        lines.append(f"   {row['route']:<15} {row['one']:>7.2f}s {row['two']:>9.2f}s {row['instant_ping']:>12.3f}s")
+    lines.append(
+        f"   two /ping/blocking?delay=1, 0.1 s apart: {workers['1']:.2f} s on one worker, {workers['2']:.2f} s on two"
+    )
     return lines
 
 
