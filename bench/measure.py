@@ -75,7 +75,7 @@ def serving(
 ) -> Iterator[str]:
     """``uvicorn target`` on the server CPU (or ``prefix=...``, ``workers=N``); yields its base URL."""
     options = ["--log-level", "warning", "--backlog", str(BACKLOG), "--timeout-graceful-shutdown", "1"]
-    options += ["--factory"] * factory + ["--workers", str(more["workers"])] * ("workers" in more)
+    options += ["--factory"] * factory + (["--workers", str(more["workers"])] if "workers" in more else [])
     prefix = more.get("prefix", pinned(cpus, 0))
     with tempfile.TemporaryDirectory() as tmp, uvicorn_process(
         *options, tmp=Path(tmp), target=target, env=env, stack=stack, prefix=prefix
