@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import sqlite3
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ import anyio.to_thread
 import httpx
 from anyio.streams.memory import MemoryObjectSendStream
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -54,6 +56,7 @@ from universities import (
     Upstream,
     UpstreamError,
     fetch_all_async,
+    fetch_all_gather,
     fetch_all_sync,
     stand_in_server,
     upstream_faults,
@@ -90,6 +93,8 @@ class Settings:
     batch_timeout: float = 60.0  # seconds one /batch may run before its calls are cut off
     lag_interval: float = 0.05  # seconds the loop-lag meter sleeps between samples
     console: bool = True  # print a start and an end line for every ping and CPU call
+    max_chunks: int = 100  # chunks one /stream route may send
+    max_db_rows: int = 20_000_000  # rows one /db query may count (about 4 s)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -187,7 +192,6 @@ class TimingMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_timing)
-
 
 
 class ShutdownMiddleware:
@@ -454,6 +458,19 @@ async def universities_async(request: Request) -> JSONResponse:
     return universities_json(request, results, began, started, max_concurrency=limit)
 
 
+async def universities_gather(request: Request) -> JSONResponse:
+    """async def + asyncio.gather: the articles' fan-out; a failure leaves the other calls running.
+
+    Try: ?country=turkiye&country=india
+    """
+    began, started = time.perf_counter(), time.time()
+    countries, upstream = read_countries(request), upstream_for(request)
+    limit = settings_of(request).max_concurrency
+    # gather, kept beside the task group to show the difference: its abandoned calls run on, unobserved.
+    results = await fetch_all_gather(request.state.client, upstream, countries, max_concurrency=limit)
+    return universities_json(request, results, began, started, max_concurrency=limit)
+
+
 async def stand_in_search(request: Request) -> Response:
     """the public universities API's offline stand-in, in its own process.
 
@@ -477,7 +494,165 @@ async def pass_to_stand_in(request: Request) -> Response:
     return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
 
 
+# ---------------------------------------------------- the next questions
+
+
+async def ping_until_gone(request: Request) -> JSONResponse:
+    """async def that stops when its client leaves: a task group watches receive() for the disconnect.
+
+    Try: ?delay=5
+    """
+    delay = read_delay(request)
+    with run_record(request, delay=delay) as record:
+        record["client_left"] = False
+        async with anyio.create_task_group() as group:
+
+            async def cancel_when_gone() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass  # a body's chunks (a GET has none): only the disconnect matters
+                record["client_left"] = True
+                group.cancel_scope.cancel()  # the client is gone: stop the work below
+
+            group.start_soon(cancel_when_gone)
+            await anyio.sleep(delay)  # the work; a disconnect cancels it here
+            group.cancel_scope.cancel()  # the work is done: stop watching
+    return JSONResponse(record)  # sent to no one if the client left: uvicorn drops it
+
+
+def background_job(number: int, delay: float) -> None:
+    print(f"start background job #{number} delay={delay}", flush=True)
+    time.sleep(delay)  # holds a thread-pool token, the same ones def endpoints wait for
+    print(f"end   background job #{number}", flush=True)
+
+
+async def background(request: Request) -> JSONResponse:
+    """BackgroundTask with a plain def: runs after the answer, on the def endpoints' thread pool.
+
+    Try: ?delay=2
+    """
+    delay = read_delay(request)
+    with run_record(request, delay=delay) as record:
+        job = BackgroundTask(background_job, next(REQUEST_NUMBERS), delay)  # runs once the answer is sent
+    return JSONResponse(record, background=job)
+
+
+@dataclasses.dataclass
+class Stream:
+    """What a /stream route sends: ``count`` chunks, ``delay`` seconds apart, each noted on the console."""
+
+    route: str
+    count: int
+    delay: float
+    console: bool
+
+    def chunk(self, number: int, began: float) -> str:
+        if self.console:
+            print(f"chunk {self.route} #{number} of {self.count}", flush=True)
+        return json.dumps({"chunk": number, "sent": round(time.perf_counter() - began, 4)}) + "\n"
+
+
+def read_stream(request: Request) -> Stream:
+    settings = settings_of(request)
+    count = read_number(request, "chunks", kind=int, default=5, high=settings.max_chunks)
+    return Stream(request.scope["route"].path, count, read_delay(request), settings.console)
+
+
+def chunks_in_thread(stream: Stream) -> Iterator[str]:
+    began = time.perf_counter()
+    for number in range(stream.count):
+        time.sleep(stream.delay)  # a plain iterator: Starlette runs each step in the thread pool, the loop stays free
+        yield stream.chunk(number, began)
+
+
+async def chunks_blocking(stream: Stream) -> AsyncIterator[str]:
+    began = time.perf_counter()
+    for number in range(stream.count):
+        time.sleep(stream.delay)  # noqa: ASYNC251 -- in an async generator this blocks the loop between chunks
+        yield stream.chunk(number, began)
+
+
+async def chunks_awaiting(stream: Stream) -> AsyncIterator[str]:
+    began = time.perf_counter()
+    for number in range(stream.count):
+        await anyio.sleep(stream.delay)  # yields the loop between chunks
+        yield stream.chunk(number, began)
+
+
+def stream_thread(request: Request) -> StreamingResponse:
+    """StreamingResponse over a plain iterator: each chunk is made in the thread pool.
+
+    Try: ?chunks=5&delay=0.5
+    """
+    return StreamingResponse(chunks_in_thread(read_stream(request)), media_type="application/x-ndjson")
+
+
+async def stream_blocking(request: Request) -> StreamingResponse:
+    """StreamingResponse over an async generator that calls time.sleep: blocks everyone between chunks.
+
+    Try: ?chunks=5&delay=0.5
+    """
+    return StreamingResponse(chunks_blocking(read_stream(request)), media_type="application/x-ndjson")
+
+
+async def stream_async(request: Request) -> StreamingResponse:
+    """StreamingResponse over an async generator that awaits: the right way.
+
+    Try: ?chunks=5&delay=0.5
+    """
+    return StreamingResponse(chunks_awaiting(read_stream(request)), media_type="application/x-ndjson")
+
+
+# Counts 1..rows in SQLite itself: a query that takes time in proportion to ?rows=, like a slow report.
+COUNT_ROWS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) SELECT count(*) FROM c"
+
+
+def count_rows(rows: int) -> dict[str, Any]:
+    """One query on a connection of its own, in memory and closed after: nothing shared, nothing on disk."""
+    began = time.perf_counter()
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        (counted,) = db.execute(COUNT_ROWS, (rows,)).fetchone()
+    return {"rows": counted, "seconds": round(time.perf_counter() - began, 4), **where_am_i()}
+
+
+def read_rows(request: Request) -> int:
+    return read_number(request, "rows", kind=int, default=2_000_000, high=settings_of(request).max_db_rows)
+
+
+async def db_blocking(request: Request) -> JSONResponse:
+    """async def + sqlite3: a blocking driver on the event loop freezes everyone.
+
+    Try: ?rows=2000000
+    """
+    rows = read_rows(request)
+    with run_record(request, rows=rows) as record:
+        record["query"] = count_rows(rows)  # a synchronous driver: the event loop waits for the query
+    return JSONResponse(record)
+
+
+def db_thread(request: Request) -> JSONResponse:
+    """plain def + sqlite3: the query runs in the thread pool, the loop stays free.
+
+    Try: ?rows=2000000
+    """
+    rows = read_rows(request)
+    with run_record(request, rows=rows) as record:
+        record["query"] = count_rows(rows)  # blocks this worker thread only (SQLite releases the GIL meanwhile)
+    return JSONResponse(record)
+
+
+async def db_to_thread(request: Request) -> JSONResponse:
+    """async def + anyio.to_thread.run_sync(query): the same thread pool, from an async endpoint.
+
+    Try: ?rows=2000000
+    """
+    rows = read_rows(request)
+    with run_record(request, rows=rows) as record:
+        record["query"] = await anyio.to_thread.run_sync(count_rows, rows)  # the loop serves others meanwhile
+    return JSONResponse(record)
+
+
 # ----------------------------------------------------------- index, health
+
 
 def lessons(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str, str]]:
     """(path, what it shows, an example query) for every route, read from its endpoint's docstring."""
@@ -682,7 +857,6 @@ class EventStream(StreamingResponse):
             self.received.close()
 
 
-
 STATIC_DIR = Path(__file__).with_name("static")
 
 # The routes a batch may call, the query parameters each takes, and its calls per batch by default.
@@ -695,6 +869,10 @@ LESSONS: dict[str, tuple[tuple[str, ...], int]] = {
     "/cpu/process": (("n",), 4),
     "/universities/sync": (("country",), 1),
     "/universities/async": (("country", "max_concurrency"), 1),
+    "/universities/gather": (("country",), 1),
+    "/db/blocking": (("rows",), 3),
+    "/db/thread": (("rows",), 3),
+    "/db/to-thread": (("rows",), 3),
 }
 MAX_BATCH_ROUTES = 2  # side by side: two lessons on one time axis
 
@@ -736,8 +914,6 @@ def read_routes(request: Request) -> list[str]:
     return routes
 
 
-
-
 async def batch(request: Request) -> EventStream:
     """fires a batch of calls at one or two of the routes above, streams each result (Server-Sent Events).
 
@@ -754,11 +930,15 @@ async def batch(request: Request) -> EventStream:
         values["delay"] = [str(read_delay(request))]
     if "n" in wanted:
         values["n"] = [str(read_n(request))]
+    if "rows" in wanted:
+        values["rows"] = [str(read_rows(request))]
     if "country" in wanted:
         values["country"] = read_countries(request)
     if "max_concurrency" in wanted:
         ceiling = settings.max_concurrency
-        values["max_concurrency"] = [str(read_number(request, "max_concurrency", kind=int, default=ceiling, high=ceiling))]
+        values["max_concurrency"] = [
+            str(read_number(request, "max_concurrency", kind=int, default=ceiling, high=ceiling))
+        ]
     plan = [
         Call(route, index, tuple((name, value) for name in LESSONS[route][0] for value in values[name]))
         for index in range(calls)
@@ -908,8 +1088,17 @@ def build_starlette(settings: Settings) -> Starlette:
         Route("/cpu/process", cpu_process),
         Route("/universities/sync", universities_sync),
         Route("/universities/async", universities_async),
+        Route("/universities/gather", universities_gather),
         Route("/upstream/search", stand_in_search),
         Route("/upstream/stats", stand_in_stats),
+        Route("/ping/until-gone", ping_until_gone),
+        Route("/background", background),
+        Route("/stream/thread", stream_thread),
+        Route("/stream/blocking", stream_blocking),
+        Route("/stream/async", stream_async),
+        Route("/db/blocking", db_blocking),
+        Route("/db/thread", db_thread),
+        Route("/db/to-thread", db_to_thread),
         Route("/healthz", healthz),
         Route("/batch", batch),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

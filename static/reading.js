@@ -34,7 +34,11 @@ function readRoute(route, calls, params) {
     const how = manner(peakOverlap(parts), parts.length, "one after another");
     return `${route}: ${parts.length} countries took ${fmt(wall)} s${how}${failures}`;
   }
-  const what = route.startsWith("/ping/") ? `of ${Number(params.delay[0])} s` : `of ${Number(params.n[0]).toLocaleString("en")} rounds`;
+  const what = route.startsWith("/ping/")
+    ? `of ${Number(params.delay[0])} s`
+    : route.startsWith("/db/")
+      ? `counting ${Number(params.rows[0]).toLocaleString("en")} rows`
+      : `of ${Number(params.n[0]).toLocaleString("en")} rounds`;
   let sentence = `${route}: ${ok.length} calls ${what} took ${fmt(wall)} s${manner(peakOverlap(ok), ok.length, "one at a time")}`;
   if (route.startsWith("/cpu/")) {
     const each = ok.reduce((sum, c) => sum + c.finished - c.started, 0) / ok.length;

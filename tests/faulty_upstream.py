@@ -16,6 +16,9 @@ import anyio
 from starlette.types import Receive, Scope, Send
 
 JSON = [(b"content-type", b"application/json")]
+SLOW = 2.0  # seconds a slow country of /mixed takes
+# What /mixed's slow calls became, counted here at the upstream: still running, answered, or hung up on.
+MIXED_CALLS = {"in_flight": 0, "answered": 0, "abandoned": 0}
 
 
 def record(country: str) -> dict[str, object]:
@@ -88,12 +91,20 @@ async def misbehave(scope: Scope, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"[" * 10, "more_body": True})
         raise ConnectionResetError("fault injected by the test upstream")
-    elif fault == "mixed":  # country "fail" fails at once, any other answers after 5 s
+    elif fault == "mixed":  # country "fail" fails at once, any other answers after SLOW seconds
         if country == "fail":
             await answer(b"{}", status=500)
-        else:
-            await anyio.sleep(5)
+            return
+        MIXED_CALLS["in_flight"] += 1
+        try:
+            await anyio.sleep(SLOW)
             await answer(json.dumps([record(country)]).encode())
+            MIXED_CALLS["answered"] += 1
+        except anyio.get_cancelled_exc_class():
+            MIXED_CALLS["abandoned"] += 1  # the caller hung up before the answer
+            raise
+        finally:
+            MIXED_CALLS["in_flight"] -= 1
     elif fault == "hang":
         await anyio.sleep_forever()
     else:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import BOTH_STACKS
-from tests.utils import peak_in_flight, raw_get, raw_get_all, unused_port, uvicorn_process
+from tests.utils import peak_in_flight, raw_connection, raw_get, raw_get_all, unused_port, uvicorn_process
 
 pytestmark = pytest.mark.slow
 
@@ -62,11 +62,11 @@ async def settled_health(base_url: str, baseline: dict[str, Any]) -> dict[str, A
 
 
 def storm_targets(rng: random.Random) -> list[str]:
-    """90 universities requests, each meeting three faults at random; 30 of them sequential."""
+    """90 universities requests, each meeting three faults at random; 30 per way of calling."""
     targets = []
     for index in range(90):
         query = "&".join(f"country={fault}" for fault in rng.sample(STORM_FAULTS, 3))
-        route = "/universities/sync" if index % 3 == 0 else "/universities/async"
+        route = ("/universities/sync", "/universities/async", "/universities/gather")[index % 3]
         targets.append(f"{route}?{query}")
     return targets
 
@@ -203,3 +203,46 @@ async def test_client_that_never_reads_does_not_hold_up_others(tmp_path: Path) -
         after = await settled_health(server.base_url, baseline)
     assert stuck_health["rss_bytes"] < baseline["rss_bytes"] + 32 * 2**20  # the answers wait, not pile up
     assert after["tasks"] <= baseline["tasks"] and after["open_fds"] <= baseline["open_fds"]
+
+
+LEFT_MID_CALL = [
+    "/ping/until-gone?delay=0.5",
+    "/background?delay=0.3",
+    "/stream/thread?chunks=20&delay=0.1",
+    "/stream/blocking?chunks=5&delay=0.05",
+    "/stream/async?chunks=20&delay=0.1",
+    "/db/blocking?rows=300000",
+    "/db/thread?rows=300000",
+    "/db/to-thread?rows=300000",
+    "/universities/gather?country=turkiye&country=india",
+]
+
+
+async def test_clients_leaving_every_new_route_mid_call_leave_nothing_behind(tmp_path: Path) -> None:
+    env = {"APP_UPSTREAM_LATENCY": "0.3", "APP_UPSTREAM_KEEPALIVE": str(KEEPALIVE)}
+    with uvicorn_process(env=env, tmp=tmp_path) as server:
+
+        async def drained() -> dict[str, Any]:
+            """/healthz once idle upstream connections have expired and each pool has dropped them."""
+            await anyio.sleep(KEEPALIVE * 2)
+            await raw_get_all(server.base_url, [f"/universities/{kind}?country=chile" for kind in ("sync", "async")])
+            return await health(server.base_url)
+
+        await raw_get_all(server.base_url, LEFT_MID_CALL)  # warm-up: the stand-in, its connections, threads
+        baseline = await drained()
+
+        async def leave(target: str) -> None:
+            async with raw_connection(server.base_url, target):
+                await anyio.sleep(0.05)  # sent, and gone before any answer is complete
+
+        async with anyio.create_task_group() as group:
+            for target in LEFT_MID_CALL * 3:
+                group.start_soon(leave, target)
+        with anyio.move_on_after(6):  # the calls left behind end, the pools expire
+            while True:
+                after = await drained()
+                if after["open_fds"] <= baseline["open_fds"] and after["tasks"] <= baseline["tasks"]:
+                    break
+    assert after["tasks"] <= baseline["tasks"], (baseline, after)
+    assert after["open_fds"] <= baseline["open_fds"], (baseline, after)
+    assert after["thread_pool"]["borrowed"] == 0, after

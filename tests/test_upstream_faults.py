@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
-from tests.conftest import ServeFn
+from tests.conftest import ClientFn, ServeFn
+from tests.faulty_upstream import MIXED_CALLS, SLOW
 from tests.utils import open_client, unused_port
 
 FAULTS = [
@@ -47,12 +49,24 @@ async def test_refused_connection_is_a_502(serve: ServeFn, route: str) -> None:
     await assert_fault_maps_to(serve, f"http://127.0.0.1:{unused_port()}", 502, "ConnectError", route)
 
 
-async def test_one_failed_call_cancels_the_rest_of_the_fanout(serve: ServeFn, faulty_upstream_url: str) -> None:
-    # Two calls take 5 s, one fails at once. The task group cancels the slow
-    # two instead of waiting for them: the 502 arrives long before 5 s.
-    base = serve(upstream_url=f"{faulty_upstream_url}/mixed", upstream_timeout=10.0)
-    async with open_client(base) as client:
-        response = await client.get("/universities/async", params={"country": ["slow", "fail", "slower"]})
+@pytest.mark.parametrize(("route", "left_running"), [("/universities/async", 0), ("/universities/gather", 2)])
+async def test_after_one_failure_a_task_group_cancels_the_other_calls_and_gather_leaves_them_running(
+    client_for: ClientFn, faulty_upstream_url: str, route: str, left_running: int
+) -> None:
+    # Two calls take SLOW seconds, one fails at once; both ways answer the client a 502 at once.
+    before = dict(MIXED_CALLS)
+    client = await client_for(upstream_url=f"{faulty_upstream_url}/mixed", upstream_timeout=10.0)
+    response = await client.get(route, params={"country": ["slow", "fail", "slower"]})
     assert response.status_code == 502, response.text
     assert "'fail'" in response.json()["detail"]
-    assert response.elapsed.total_seconds() < 2.5  # half the slow calls' 5 s
+    assert response.elapsed.total_seconds() < SLOW / 2
+    with anyio.fail_after(2):  # the task group's cancelled calls reach the upstream as hang-ups
+        while MIXED_CALLS["abandoned"] - before["abandoned"] < 2 - left_running:
+            await anyio.sleep(0.01)
+    assert MIXED_CALLS["in_flight"] - before["in_flight"] == left_running  # still running after the answer
+    with anyio.fail_after(SLOW + 2):
+        while MIXED_CALLS["in_flight"] > before["in_flight"]:
+            await anyio.sleep(0.02)
+    # gather's calls ran to the end and their answers were thrown away; the task group's never finished.
+    assert MIXED_CALLS["answered"] - before["answered"] == left_running
+    assert MIXED_CALLS["abandoned"] - before["abandoned"] == 2 - left_running

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 import uvicorn
@@ -233,6 +234,15 @@ async def raw_get(base_url: str, target: str, timeout: float = 30) -> Reply:
     return Reply(int(status.group(1)) if status else 0, body, sent, time.time())
 
 
+@contextlib.asynccontextmanager
+async def raw_connection(base_url: str, target: str) -> AsyncIterator[anyio.abc.ByteStream]:
+    """A GET sent on a connection of its own, left open until the block ends: a client that may leave."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        yield stream
+
+
 async def raw_get_all(base_url: str, targets: Sequence[str], timeout: float = 30) -> list[Reply]:
     """Every GET at once, each on its own connection; the replies in order."""
     return await anyio.amap(lambda target: raw_get(base_url, target, timeout), targets)
@@ -256,12 +266,26 @@ def peak_in_flight(records: Sequence[dict[str, Any]]) -> int:
     return peak
 
 
+class Console:
+    """What the servers running in this process have printed so far, read through ``capsys``."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+        self.text = ""
+
+    def read(self) -> str:
+        self.text += self.capsys.readouterr().out
+        return self.text
+
+    async def wait_for(self, line: str, count: int = 1, timeout: float = 10) -> str:
+        with anyio.fail_after(timeout):
+            while self.read().count(line) < count:
+                await anyio.sleep(0.005)
+        return self.text
+
+
 async def wait_for_console_line(capsys: pytest.CaptureFixture[str], text: str) -> None:
-    seen = ""
-    with anyio.fail_after(10):
-        while text not in seen:
-            seen += capsys.readouterr().out
-            await anyio.sleep(0.005)
+    await Console(capsys).wait_for(text)
 
 
 async def instant_ping_during(
