@@ -16,7 +16,7 @@ import anyio
 from starlette.types import Receive, Scope, Send
 
 JSON = [(b"content-type", b"application/json")]
-SLOW = 2.0  # seconds a slow country of /mixed takes
+SLOW = 1.2  # seconds a slow country of /mixed takes
 # What /mixed's slow calls became, counted here at the upstream: still running, answered, or hung up on.
 MIXED_CALLS = {"in_flight": 0, "answered": 0, "abandoned": 0}
 
