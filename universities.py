@@ -227,6 +227,13 @@ def fetch_all_sync(client: httpx.Client, upstream: Upstream, countries: Sequence
     return results
 
 
+async def fetch_timed(client: httpx.AsyncClient, upstream: Upstream, country: str, began: float) -> CountryResult:
+    """One country's call, with when it started and finished relative to the request's ``began``."""
+    started = time.perf_counter() - began
+    universities = await fetch_country_async(client, upstream, country)  # yields the loop while waiting
+    return CountryResult(country, universities, started, time.perf_counter() - began)
+
+
 async def fetch_all_async(
     client: httpx.AsyncClient, upstream: Upstream, countries: Sequence[str], *, max_concurrency: int
 ) -> list[CountryResult]:
@@ -240,9 +247,7 @@ async def fetch_all_async(
 
     async def fetch(country: str) -> CountryResult:
         async with limiter:  # waits here while max_concurrency calls are in flight
-            started = time.perf_counter() - began
-            universities = await fetch_country_async(client, upstream, country)  # yields the loop while waiting
-            return CountryResult(country, universities, started, time.perf_counter() - began)
+            return await fetch_timed(client, upstream, country, began)
 
     try:
         async with anyio.create_task_group() as group:
@@ -270,9 +275,7 @@ async def fetch_all_gather(
 
     async def fetch(country: str) -> CountryResult:
         async with semaphore:  # waits here while max_concurrency calls are in flight
-            started = time.perf_counter() - began
-            universities = await fetch_country_async(client, upstream, country)  # yields the loop while waiting
-            return CountryResult(country, universities, started, time.perf_counter() - began)
+            return await fetch_timed(client, upstream, country, began)
 
     return await asyncio.gather(*(fetch(country) for country in countries))  # a failure leaves the rest running
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFn
-from tests.utils import error_detail, peak_in_flight
+from tests.utils import error_detail, health, peak_in_flight
 
 DELAY = 0.3
 
@@ -135,12 +135,6 @@ async def test_batch_timeout_cuts_off_the_calls_still_running(client_for: Client
     assert calls == []
     assert done["timed_out"] is True and done["unfinished"] == 2
     assert done["wall"] < 1.5
-
-
-async def health(client: httpx.AsyncClient) -> dict[str, Any]:
-    response = await client.get("/healthz")
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 async def test_client_leaving_mid_stream_cancels_the_batch_and_leaks_nothing(

@@ -6,14 +6,21 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
 
 import anyio
 import httpx
 import pytest
 
 from tests.conftest import ClientFn, ServeFn
-from tests.utils import Console, instant_ping_during, json_records, open_client, raw_connection
+from tests.utils import (
+    Console,
+    assert_waited_only_if,
+    health,
+    instant_ping_during,
+    json_records,
+    open_client,
+    raw_connection,
+)
 
 TOOK = re.compile(r"end   (\S+) #\d+ took (\d+\.\d+)s")
 
@@ -22,12 +29,6 @@ def took(console: str, route: str) -> float:
     """Seconds the console's end line for ``route`` reports."""
     [seconds] = [float(s) for path, s in TOOK.findall(console) if path == route]
     return seconds
-
-
-async def health(client: httpx.AsyncClient) -> dict[str, Any]:
-    response = await client.get("/healthz")
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 # ---------------------------------------------------------- the client that leaves
@@ -182,10 +183,7 @@ async def test_a_sqlite_query_holds_the_loop_only_when_called_from_async_def(
     busy, instant = await instant_ping_during(client, capsys, f"{route}?rows=3000000")
     assert busy["query"]["rows"] == 3_000_000
     assert busy["query"]["on_event_loop"] is must_wait
-    if must_wait:
-        assert instant["started"] >= busy["finished"]
-    else:
-        assert instant["finished"] < busy["finished"]
+    assert_waited_only_if(must_wait, busy, instant)
 
 
 async def test_every_query_gets_its_own_connection_and_closes_it(client: httpx.AsyncClient) -> None:

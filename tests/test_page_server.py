@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from asgi_app import prefers_html
+from tests.conftest import ClientFn
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 
@@ -72,17 +73,20 @@ async def lag(client: httpx.AsyncClient) -> dict[str, float]:
     return response.json()["loop_lag"]
 
 
-async def test_loop_lag_meter_sees_a_blocking_ping_and_not_an_async_one(client: httpx.AsyncClient) -> None:
+async def test_loop_lag_meter_sees_a_blocking_ping_and_not_an_async_one(client_for: ClientFn) -> None:
+    client = await client_for()  # a server of its own: "max" counts since it started
     with anyio.fail_after(2):  # the server may be younger than one interval
         while not (idle := await lag(client))["samples"]:
             await anyio.sleep(0.05)
     assert idle["interval"] == 0.05
-    response = await client.get("/ping/async?delay=0.5")
+    response = await client.get("/ping/async?delay=0.6")
     assert response.status_code == 200, response.text
     after_async = await lag(client)
-    response = await client.get("/ping/blocking?delay=0.5")
+    response = await client.get("/ping/blocking?delay=0.6")
     assert response.status_code == 200, response.text
     after_blocking = await lag(client)
-    assert after_async["max"] < 0.2  # half a second of awaiting: the meter kept waking on time
-    assert after_blocking["max"] >= 0.4  # half a second of time.sleep: one wake-up that late
+    # The test client shares this process's GIL with the server, so a busy machine adds some lag:
+    # the bounds are half the block apart.
+    assert after_async["max"] < 0.3  # 0.6 s of awaiting: the meter kept waking about on time
+    assert after_blocking["max"] >= 0.5  # 0.6 s of time.sleep: one wake-up that late
     assert after_blocking["recent_max"] == max(lag for _, lag in after_blocking["samples"])

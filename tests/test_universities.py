@@ -51,7 +51,6 @@ async def test_records_have_the_public_api_schema(client: httpx.AsyncClient) -> 
     assert direct == records
 
 
-@BOTH_STACKS
 @pytest.mark.parametrize(("countries", "bound", "waves"), [(6, 2, 3), (12, 10, 2)])
 async def test_async_fanout_never_exceeds_its_bound(
     client_for: ClientFn, countries: int, bound: int, waves: int

@@ -203,6 +203,12 @@ async def error_detail(client: httpx.AsyncClient, url: str | httpx.URL, status: 
     return detail
 
 
+async def health(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/healthz")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def json_records(responses: Sequence[httpx.Response]) -> list[dict[str, Any]]:
     for response in responses:
         assert response.status_code == 200, response.text
@@ -302,3 +308,11 @@ async def instant_ping_during(
         await wait_for_console_line(capsys, f"start {slow_url.split('?')[0]}")
         instant = await client.get("/ping/async?delay=0")
     return json_records(slow)[0], json_records([instant])[0]
+
+
+def assert_waited_only_if(must_wait: bool, busy: dict[str, Any], instant: dict[str, Any]) -> None:
+    """The instant call started after the busy one finished if it ``must_wait``; else finished first."""
+    if must_wait:
+        assert instant["started"] >= busy["finished"], (busy, instant)
+    else:
+        assert instant["finished"] < busy["finished"], (busy, instant)
