@@ -159,3 +159,11 @@ def test_json_index_is_unchanged_for_api_clients(visit: Visit) -> None:
     assert as_json.json() == plain.json()
     assert as_json.headers["vary"] == "Accept"
     assert visit.page.locator("h1").inner_text() == "See it happen"  # while the browser got the page
+
+
+def test_the_sqlite_lesson_draws_the_blocking_driver_one_at_a_time(visit: Visit) -> None:
+    route = "/db/blocking and /db/to-thread side by side"
+    _, bars = visit.run(route, calls="2", rows="300000")
+    text = visit.lesson(route).get_by_role("status").inner_text()
+    assert bars == 4
+    assert "/db/blocking: 2 calls counting 300,000 rows took" in text and "one at a time" in text, text
