@@ -23,15 +23,13 @@ try:
 except ImportError:  # the package is pinned in requirements.txt; a bare environment may lack it
     sync_playwright = None
 
-# One xdist worker runs them all, so Chromium starts once per run, not once per worker.
-
 TOOK = re.compile(r"took (\d+(?:\.\d+)?) s")
 WORST_LAG = re.compile(r"worst in the last \d+ s: (\d+) ms")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One Chromium for the whole module: starting it is most of a test's cost."""
+    """One Chromium per xdist worker that runs these tests: starting it is most of a test's cost."""
     if sync_playwright is None:
         why = "playwright is not installed: pip install -r requirements.txt"
     else:
