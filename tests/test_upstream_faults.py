@@ -60,8 +60,11 @@ async def test_after_one_failure_a_task_group_cancels_the_other_calls_and_gather
     assert response.status_code == 502, response.text
     assert "'fail'" in response.json()["detail"]
     assert response.elapsed.total_seconds() < SLOW / 2
-    with anyio.fail_after(2):  # the task group's cancelled calls reach the upstream as hang-ups
-        while MIXED_CALLS["abandoned"] - before["abandoned"] < 2 - left_running:
+    with anyio.fail_after(2):  # cancelled calls reach the upstream as hang-ups; gather's go on (or arrive late)
+        while (
+            MIXED_CALLS["abandoned"] - before["abandoned"] < 2 - left_running
+            or MIXED_CALLS["in_flight"] - before["in_flight"] < left_running
+        ):
             await anyio.sleep(0.01)
     assert MIXED_CALLS["in_flight"] - before["in_flight"] == left_running  # still running after the answer
     with anyio.fail_after(SLOW + 2):
