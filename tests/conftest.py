@@ -25,6 +25,18 @@ ServeFn = Callable[..., str]
 ClientFn = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
+# The longest modules first: xdist hands out whole modules in this order, so none is left to start last.
+LONGEST_FIRST = ("test_page_browser.py", "test_hardening.py", "test_next_questions.py", "test_parallelism.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
+
+
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest) -> str:
     """The stack the servers of this test run on: the default one unless ``BOTH_STACKS`` says otherwise."""

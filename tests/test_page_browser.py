@@ -6,6 +6,7 @@ Skipped, with one line saying how to get a browser, where there is no Chromium;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -15,8 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from asgi_app import Settings, create_app
 from tests.browser import HOW_TO_GET_ONE, launch_chromium
 from tests.conftest import ServeFn
+from tests.utils import running_server
 
 try:
     from playwright.sync_api import Page, sync_playwright
@@ -78,9 +81,9 @@ class Visit:
         return int(match.group(1))
 
 
-@pytest.fixture
-def visit(browser: Any, serve: ServeFn) -> Iterator[Visit]:
-    base_url = serve()
+@contextlib.contextmanager
+def visiting(browser: Any, base_url: str) -> Iterator[Visit]:
+    """A new browser context on the page at ``base_url``, once its modules ran and the first /healthz answered."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     seen = Visit(page, base_url)
@@ -88,9 +91,29 @@ def visit(browser: Any, serve: ServeFn) -> Iterator[Visit]:
     page.on("console", lambda message: message.type == "error" and seen.errors.append(message.text))
     page.on("pageerror", lambda error: seen.errors.append(str(error)))
     page.goto(base_url)
-    page.get_by_text("loop lag now").wait_for()  # the modules ran and the first /healthz answered
+    page.get_by_text("loop lag now").wait_for()
     yield seen
     context.close()
+
+
+@pytest.fixture(scope="module")
+def page_server() -> Iterator[str]:
+    """One server for the tests that read only their own lesson's answers (upstream calls of 0.2 s)."""
+    with running_server(create_app(Settings(upstream_latency=0.2))) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def visit(browser: Any, page_server: str) -> Iterator[Visit]:
+    with visiting(browser, page_server) as seen:
+        yield seen
+
+
+@pytest.fixture
+def visit_alone(browser: Any, serve: ServeFn) -> Iterator[Visit]:
+    """The page on a server of its own, for a test that reads what the whole server went through."""
+    with visiting(browser, serve()) as seen:
+        yield seen
 
 
 def test_blocking_pings_run_one_at_a_time_and_async_ones_all_at_once_on_the_page(visit: Visit) -> None:
@@ -102,17 +125,17 @@ def test_blocking_pings_run_one_at_a_time_and_async_ones_all_at_once_on_the_page
     assert "all at once" in visit.lesson("/ping/async").get_by_role("status").inner_text()
 
 
-def test_lag_meter_rises_during_a_blocking_run(visit: Visit) -> None:
-    visit.run("/ping/async", calls="2", delay="0.3")
-    visit.page.wait_for_timeout(600)  # two more polls
-    idle = visit.worst_lag_ms()
+def test_lag_meter_rises_during_a_blocking_run(visit_alone: Visit) -> None:
+    visit_alone.run("/ping/async", calls="2", delay="0.3")
+    visit_alone.page.wait_for_timeout(600)  # two more polls
+    idle = visit_alone.worst_lag_ms()
     assert idle < 500  # awaiting left the loop free (a busy test machine adds a little)
-    visit.run("/ping/blocking", calls="1", delay="0.8")
-    visit.page.wait_for_function(
+    visit_alone.run("/ping/blocking", calls="1", delay="0.8")
+    visit_alone.page.wait_for_function(
         "() => /worst in the last \\d+ s: ([7-9]\\d\\d|\\d{4,}) ms/.test(document.querySelector('#lag-text').textContent)",
         timeout=5_000,
     )
-    assert visit.worst_lag_ms() >= 700  # the whole 0.8 s block, as one spike
+    assert visit_alone.worst_lag_ms() >= 700  # the whole 0.8 s block, as one spike
 
 
 def test_side_by_side_draws_both_routes_on_one_axis(visit: Visit) -> None:
@@ -129,7 +152,7 @@ def test_side_by_side_draws_both_routes_on_one_axis(visit: Visit) -> None:
 
 
 def test_page_uses_only_its_own_origin_and_logs_no_error(visit: Visit) -> None:
-    visit.run("/cpu/process", calls="2", n="100000")
+    visit.run("/cpu/thread", calls="2", n="100000")
     visit.run("/universities/async", country="turkiye, chile")
     assert visit.requests, "no request was recorded"
     foreign = [url for url in visit.requests if not url.startswith(visit.base_url + "/")]
