@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp
 
 from asgi_app import Settings, create_app
 from tests.faulty_upstream import faulty_upstream
-from tests.utils import DEFAULT_STACK, STACKS, Room, open_client, running_server
+from tests.utils import DEFAULT_STACK, STACKS, Room, join_servers, open_client, running_server
 
 # Runs a test module (or test) once per stack: `pytestmark = BOTH_STACKS`.
 BOTH_STACKS = pytest.mark.parametrize("stack", list(STACKS), indirect=True, scope="module")
@@ -43,13 +44,22 @@ def stack(request: pytest.FixtureRequest) -> str:
     return str(getattr(request, "param", DEFAULT_STACK))
 
 
+@pytest.fixture(scope="session")
+def stopping() -> Iterator[list[threading.Thread]]:
+    """Servers told to stop after their test, still stopping while the next test runs; all joined at the end."""
+    threads: list[threading.Thread] = []
+    yield threads
+    join_servers(threads)
+
+
 @pytest.fixture
-def serve(stack: str) -> Iterator[ServeFn]:
+def serve(stack: str, stopping: list[threading.Thread]) -> Iterator[ServeFn]:
     """``serve(thread_tokens=2)`` starts the app with those settings; ``serve(app=...)`` any app."""
     with contextlib.ExitStack() as servers:
 
         def start(app: ASGIApp | None = None, **settings: Any) -> str:
-            return servers.enter_context(running_server(app or create_app(Settings(**settings)), stack=stack))
+            app = app or create_app(Settings(**settings))
+            return servers.enter_context(running_server(app, stack=stack, stopping=stopping))
 
         yield start
 

@@ -41,7 +41,7 @@ async def test_an_async_endpoint_runs_to_the_end_for_a_client_that_left(
     async with raw_connection(base, "/ping/async?delay=0.6"):
         await console.wait_for("start /ping/async")
     text = await console.wait_for("end   /ping/async")  # the client hung up; the sleep went on
-    assert took(text, "/ping/async") >= 0.6
+    assert took(text, "/ping/async") >= 0.59  # all 0.6 s of it (uvloop's timers tick in whole milliseconds)
 
 
 async def test_watching_for_the_disconnect_cancels_the_work_when_the_client_leaves(

@@ -30,7 +30,7 @@ async def test_await_in_async_def_overlaps_requests(client: httpx.AsyncClient) -
     assert peak_in_flight(records) == 10
     assert start_end_order(records) == "S" * 10 + "E" * 10
     assert all(r["on_event_loop"] for r in records)
-    assert elapsed / DELAY < 3  # ten delays side by side, not 10 x
+    assert elapsed / DELAY < 5  # ten delays side by side, not one after another (10)
 
 
 @BOTH_STACKS

@@ -60,8 +60,14 @@ def is_running(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_server(app: ASGIApp, *, lifespan: str = "on", stack: str = DEFAULT_STACK) -> Iterator[str]:
-    """Serves ``app`` in a thread of this process until the block ends; yields its base URL."""
+def running_server(
+    app: ASGIApp, *, lifespan: str = "on", stack: str = DEFAULT_STACK, stopping: list[threading.Thread] | None = None
+) -> Iterator[str]:
+    """Serves ``app`` in a thread of this process until the block ends; yields its base URL.
+
+    The block's end waits for the server to stop (uvicorn takes about 0.2 s), unless
+    ``stopping`` is given: then the server's thread goes there, to be joined later.
+    """
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1,
         **STACKS[stack],
@@ -79,8 +85,16 @@ def running_server(app: ASGIApp, *, lifespan: str = "on", stack: str = DEFAULT_S
         yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
+        if stopping is None:
+            join_servers([thread])
+        else:
+            stopping.append(thread)
+
+
+def join_servers(threads: Sequence[threading.Thread]) -> None:
+    for thread in threads:
         thread.join(timeout=STARTUP_TIMEOUT)
-        assert not thread.is_alive(), "the test server did not shut down"
+    assert not any(thread.is_alive() for thread in threads), "a test server did not shut down"
 
 
 @dataclass
