@@ -74,7 +74,7 @@ def queries(draw: st.DrawFn) -> tuple[str, str]:
     return route, query[:8000]  # well inside what uvicorn accepts before the app sees anything
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(request=queries())
 def test_any_query_is_answered_with_2xx_or_json_4xx(fuzz_client: httpx.Client, request: tuple[str, str]) -> None:
     route, query = request

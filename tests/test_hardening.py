@@ -208,9 +208,9 @@ async def test_client_that_never_reads_does_not_hold_up_others(tmp_path: Path) -
 LEFT_MID_CALL = [
     "/ping/until-gone?delay=0.5",
     "/background?delay=0.3",
-    "/stream/thread?chunks=20&delay=0.1",
+    "/stream/thread?chunks=8&delay=0.1",
     "/stream/blocking?chunks=5&delay=0.05",
-    "/stream/async?chunks=20&delay=0.1",
+    "/stream/async?chunks=8&delay=0.1",
     "/db/blocking?rows=300000",
     "/db/thread?rows=300000",
     "/db/to-thread?rows=300000",
