@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,8 +19,7 @@ import pytest
 
 from asgi_app import Settings, create_app
 from tests.browser import HOW_TO_GET_ONE, launch_chromium
-from tests.conftest import ServeFn
-from tests.utils import running_server
+from tests.utils import running_server, uvicorn_process
 
 try:
     from playwright.sync_api import Page, sync_playwright
@@ -110,9 +110,12 @@ def visit(browser: Any, page_server: str) -> Iterator[Visit]:
 
 
 @pytest.fixture
-def visit_alone(browser: Any, serve: ServeFn) -> Iterator[Visit]:
-    """The page on a server of its own, for a test that reads what the whole server went through."""
-    with visiting(browser, serve()) as seen:
+def visit_alone(browser: Any, tmp_path: Path) -> Iterator[Visit]:
+    """The page on a server process of its own, for a test that reads what the whole server went through.
+
+    A process, not a thread of this one: here it would share the GIL with Playwright and the test.
+    """
+    with uvicorn_process(tmp=tmp_path) as server, visiting(browser, server.base_url) as seen:
         yield seen
 
 

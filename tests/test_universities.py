@@ -63,7 +63,7 @@ async def test_async_fanout_never_exceeds_its_bound(
     assert stats["peak_in_flight"] == bound
     assert stats["served"] == countries
     assert peak_in_flight(body["calls"]) == bound
-    assert waves - 0.5 < body["elapsed"] / LATENCY < waves + 2
+    assert body["elapsed"] / LATENCY > waves - 0.5  # the bound made waves; the counts above are the proof
 
 
 async def test_default_bound_is_the_setting(client_for: ClientFn) -> None:
