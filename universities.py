@@ -486,7 +486,11 @@ def serve_stand_in(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.5, help="seconds per search")
     args = parser.parse_args(argv)
     sockets = [socket.socket(fileno=args.fd)] if args.fd is not None else None
-    config = uvicorn.Config(stand_in_app(args.latency), host="127.0.0.1", port=args.port, log_level="warning")
+    # Idle connections are kept longer than the app's client keeps them (APP_UPSTREAM_KEEPALIVE, 5 s), so
+    # the client always drops one first; at uvicorn's own 5 s both sides could close the same one at once.
+    config = uvicorn.Config(
+        stand_in_app(args.latency), host="127.0.0.1", port=args.port, log_level="warning", timeout_keep_alive=75
+    )
     server = uvicorn.Server(config)
 
     def exit_when_stdin_closes() -> None:

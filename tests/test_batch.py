@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -10,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import ClientFn
-from tests.utils import error_detail, health, peak_in_flight
+from tests.utils import error_detail, health, open_client, peak_in_flight, uvicorn_process
 
 DELAY = 0.3
 
@@ -166,3 +168,14 @@ async def test_client_leaving_mid_stream_cancels_the_batch_and_leaks_nothing(
     assert after["tasks"] <= baseline["tasks"], (baseline, after)
     assert after["open_fds"] <= baseline["open_fds"], (baseline, after)
     assert after["threads"] <= baseline["threads"], (baseline, after)
+
+
+async def test_each_batch_call_gets_a_connection_of_its_own(tmp_path: Path) -> None:
+    # A kept-alive connection reused just as uvicorn closes it (5 s idle) fails the call, so none is reused.
+    with uvicorn_process(tmp=tmp_path) as server:
+        async with open_client(server.base_url) as client:
+            for _ in range(2):
+                _, calls, _ = await run(client, "route=/ping/async&calls=3&delay=0")
+                assert [call["status"] for call in calls] == [200] * 3
+    ports = re.findall(r'127\.0\.0\.1:(\d+) - "GET /ping/async\?delay=[0-9.]+ HTTP/1\.1" 200', server.log_text())
+    assert len(ports) == 6 and len(set(ports)) == 6, ports

@@ -29,9 +29,14 @@ N = 3_000_000  # about 0.3 s of pure-Python work on this machine
 async def test_processes_compute_in_parallel_while_threads_take_turns(client_for: ClientFn, room: Room) -> None:
     client = await client_for()
     await get_all(client, [f"/cpu/process?n={N}"] * 2)  # start the two worker processes first
+    ratios = []
     with room.to_myself():  # a ratio of CPU times: measured while no other test runs
-        threads, thread_time = await get_all(client, [f"/cpu/thread?n={N}"] * 2)
-        processes, process_time = await get_all(client, [f"/cpu/process?n={N}"] * 2)
+        # Up to three tries: a virtual machine's neighbours can take a core for a moment. Were the
+        # processes not in parallel, every try would come out near 1.
+        while len(ratios) < 3 and max(ratios, default=0) <= 1.4:
+            threads, thread_time = await get_all(client, [f"/cpu/thread?n={N}"] * 2)
+            processes, process_time = await get_all(client, [f"/cpu/process?n={N}"] * 2)
+            ratios.append(thread_time / process_time)
     thread_work = [r["work"] for r in json_records(threads)]
     process_work = [r["work"] for r in json_records(processes)]
     server_pid = json_records(threads)[0]["pid"]
@@ -39,7 +44,7 @@ async def test_processes_compute_in_parallel_while_threads_take_turns(client_for
     assert len({w["pid"] for w in process_work} - {server_pid}) == 2  # two other processes
     assert peak_in_flight(json_records(processes)) == 2
     assert thread_work[0]["result"] == process_work[0]["result"]  # the same work
-    assert thread_time / process_time > 1.4  # ideal 2: one GIL against two cores
+    assert max(ratios) > 1.4, ratios  # ideal 2: one GIL against two cores
 
 
 @pytest.mark.parametrize(
