@@ -182,7 +182,7 @@ async def test_slow_header_sender_does_not_hold_up_others(tmp_path: Path) -> Non
                     assert reply.status == 200
                     latencies.append(time.perf_counter() - began)
                 await anyio.sleep(0.05)
-    assert max(latencies) < 0.5  # each answered while the slow client was mid-request
+    assert max(latencies) < 1.0  # each answered while the slow client was mid-request (held up: never)
 
 
 async def test_client_that_never_reads_does_not_hold_up_others(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ async def test_def_endpoint_runs_in_thread_pool_and_overlaps(client: httpx.Async
     assert peak_in_flight(records) == 10
     assert not any(r["on_event_loop"] for r in records)
     assert len({r["thread_id"] for r in records}) == 10
-    assert elapsed / delay < 3
+    assert elapsed / delay < 5  # ten delays side by side, not one after another (10)
 
 
 @BOTH_STACKS

@@ -38,8 +38,14 @@ async def test_sync_route_takes_the_sum_async_route_the_slowest(client_for: Clie
     assert start_end_order(sync["calls"]) == "SESESE"
     assert peak_in_flight(concurrent["calls"]) == 3
     assert sync["elapsed"] / LATENCY > 2.5  # ideal 3: the sum of three calls
-    assert concurrent["elapsed"] / LATENCY < 2  # ideal 1: the slowest call
-    assert sync["elapsed"] / concurrent["elapsed"] > 1.5  # ideal 3; the counts above are the proof
+    # From first call out to last answer in: the handler's own work (decoding 700-odd records),
+    # which a busy machine stretches, stays out of these ratios.
+    assert span(concurrent["calls"]) / LATENCY < 2  # ideal 1: the slowest call
+    assert span(sync["calls"]) / span(concurrent["calls"]) > 1.5  # ideal 3; the counts above are the proof
+
+
+def span(calls: list[dict[str, Any]]) -> float:
+    return max(call["finished"] for call in calls) - min(call["started"] for call in calls)
 
 
 async def test_records_have_the_public_api_schema(client: httpx.AsyncClient) -> None:
