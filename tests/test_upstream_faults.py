@@ -59,7 +59,7 @@ async def test_after_one_failure_a_task_group_cancels_the_other_calls_and_gather
     response = await client.get(route, params={"country": ["slow", "fail", "slower"]})
     assert response.status_code == 502, response.text
     assert "'fail'" in response.json()["detail"]
-    assert response.elapsed.total_seconds() < SLOW / 2
+    assert response.elapsed.total_seconds() < SLOW * 0.75  # not after the slow calls
     with anyio.fail_after(2):  # cancelled calls reach the upstream as hang-ups; gather's go on (or arrive late)
         while (
             MIXED_CALLS["abandoned"] - before["abandoned"] < 2 - left_running
