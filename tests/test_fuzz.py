@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_app import Settings, create_app
+from asgi_app import Settings, create_app, tls_context
 from tests.utils import running_server
 
 ROUTE_PARAMETERS = {
@@ -43,7 +43,10 @@ FUZZ_SETTINGS = Settings(max_delay=0.01, max_cpu_n=10_000, upstream_latency=0, m
 
 @pytest.fixture(scope="module")
 def fuzz_client() -> Iterator[httpx.Client]:
-    with running_server(create_app(FUZZ_SETTINGS)) as base, httpx.Client(base_url=base, timeout=10) as client:
+    with (
+        running_server(create_app(FUZZ_SETTINGS)) as base,
+        httpx.Client(base_url=base, timeout=10, verify=tls_context()) as client,
+    ):
         yield client
         assert client.get("/healthz").status_code == 200
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
 from tests.conftest import BOTH_STACKS
-from tests.utils import peak_in_flight, raw_connection, raw_get, raw_get_all, unused_port, uvicorn_process
+from tests.utils import health as client_health
+from tests.utils import open_client, peak_in_flight, raw_connection, raw_get, raw_get_all, unused_port, uvicorn_process
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +31,8 @@ def enough_file_descriptors() -> None:
 
 
 async def health(base_url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-        response = await client.get("/healthz")
-    assert response.status_code == 200, response.text
-    return response.json()
+    async with open_client(base_url) as client:
+        return await client_health(client)
 
 
 async def health_with_pools_drained(base_url: str) -> dict[str, Any]:

@@ -29,6 +29,8 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
+from asgi_app import tls_context
+
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 10.0  # seconds a server gets to start, and to stop
 
@@ -197,7 +199,8 @@ class Room:
 
 @contextlib.asynccontextmanager
 async def open_client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+    # The app's one TLS context per process: httpx would read certifi's bundle for every client otherwise.
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, verify=tls_context()) as client:
         yield client
 
 
