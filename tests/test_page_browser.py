@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,19 +81,37 @@ class Visit:
         return int(match.group(1))
 
 
-@contextlib.contextmanager
-def visiting(browser: Any, base_url: str) -> Iterator[Visit]:
-    """A new browser context on the page at ``base_url``, once its modules ran and the first /healthz answered."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+@pytest.fixture(scope="module")
+def tab(browser: Any) -> Iterator[Page]:
+    """One tab for the module's tests, each loading the page afresh: a new tab costs a renderer process,
+    about 0.7 s of CPU each time. The cache is off, so every load asks the server, as a new reader's does."""
+    context = browser.new_context()
     page = context.new_page()
-    seen = Visit(page, base_url)
-    page.on("request", lambda request: seen.requests.append(request.url))
-    page.on("console", lambda message: message.type == "error" and seen.errors.append(message.text))
-    page.on("pageerror", lambda error: seen.errors.append(str(error)))
-    page.goto(base_url)
-    page.get_by_text("loop lag now").wait_for()
-    yield seen
+    context.new_cdp_session(page).send("Network.setCacheDisabled", {"cacheDisabled": True})
+    yield page
     context.close()
+
+
+@contextlib.contextmanager
+def visiting(page: Page, base_url: str) -> Iterator[Visit]:
+    """The page at ``base_url``, once its modules ran and the first /healthz answered; left for a blank one."""
+    page.set_viewport_size({"width": 1280, "height": 900})
+    seen = Visit(page, base_url)
+    listeners: dict[str, Callable[[Any], Any]] = {
+        "request": lambda request: seen.requests.append(request.url),
+        "console": lambda message: message.type == "error" and seen.errors.append(message.text),
+        "pageerror": lambda error: seen.errors.append(str(error)),
+    }
+    for event, listener in listeners.items():
+        page.on(event, listener)
+    try:
+        page.goto(base_url)
+        page.get_by_text("loop lag now").wait_for()
+        yield seen
+    finally:
+        page.goto("about:blank")  # stops the page's polling before its server goes away
+        for event, listener in listeners.items():
+            page.remove_listener(event, listener)
 
 
 @pytest.fixture(scope="module")
@@ -104,18 +122,18 @@ def page_server() -> Iterator[str]:
 
 
 @pytest.fixture
-def visit(browser: Any, page_server: str) -> Iterator[Visit]:
-    with visiting(browser, page_server) as seen:
+def visit(tab: Page, page_server: str) -> Iterator[Visit]:
+    with visiting(tab, page_server) as seen:
         yield seen
 
 
 @pytest.fixture
-def visit_alone(browser: Any, tmp_path: Path) -> Iterator[Visit]:
+def visit_alone(tab: Page, tmp_path: Path) -> Iterator[Visit]:
     """The page on a server process of its own, for a test that reads what the whole server went through.
 
     A process, not a thread of this one: here it would share the GIL with Playwright and the test.
     """
-    with uvicorn_process(tmp=tmp_path) as server, visiting(browser, server.base_url) as seen:
+    with uvicorn_process(tmp=tmp_path) as server, visiting(tab, server.base_url) as seen:
         yield seen
 
 
