@@ -452,9 +452,9 @@ async def universities_async(request: Request) -> JSONResponse:
     Try: ?country=turkiye&country=india
     """
     began, started = time.perf_counter(), time.time()
-    countries, upstream = read_countries(request), upstream_for(request)
-    ceiling = settings_of(request).max_concurrency
+    countries, ceiling = read_countries(request), settings_of(request).max_concurrency
     limit = read_number(request, "max_concurrency", kind=int, default=ceiling, high=ceiling)
+    upstream = upstream_for(request)  # after the checks: a refused request never starts the stand-in
     results = await fetch_all_async(request.state.client, upstream, countries, max_concurrency=limit)  # all at once
     return universities_json(request, results, began, started, max_concurrency=limit)
 

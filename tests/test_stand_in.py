@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -169,6 +171,28 @@ async def test_stand_in_runs_in_another_process_and_stops_with_the_server() -> N
     with anyio.fail_after(2):
         while is_running(stats["pid"]):
             await anyio.sleep(0.02)  # stopped with the server
+
+
+def stand_ins_started_here() -> set[int]:
+    """The pids of this process's children that run ``python -m universities``."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == os.getpid() and b"universities" in (stat.parent / "cmdline").read_bytes():
+                found.add(int(stat.parent.name))
+    return found
+
+
+async def test_a_refused_request_does_not_start_the_stand_in(client_for: ClientFn) -> None:
+    client = await client_for(upstream_latency=0)
+    before = stand_ins_started_here()
+    for query in ("max_concurrency=0", "country=", "country=a&country=a&max_concurrency=x"):
+        await error_detail(client, f"/universities/async?{query}")
+    await error_detail(client, "/universities/sync?country=")
+    assert stand_ins_started_here() - before == set()
+    assert (await client.get("/universities/async?country=chile")).status_code == 200
+    assert len(stand_ins_started_here() - before) == 1  # the first call it needs starts it
 
 
 async def test_stand_in_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
