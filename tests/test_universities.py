@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import warnings
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -12,11 +13,29 @@ from starlette.requests import Request
 
 from asgi_app import Settings, create_app, own_address
 from tests.conftest import BOTH_STACKS, ClientFn
-from tests.utils import peak_in_flight, running_server, start_end_order
+from tests.utils import open_client, peak_in_flight, running_server, start_end_order
 
 LATENCY = 0.3  # long beside the work around each call, which a loaded machine stretches
 TWELVE = ["turkiye", "india", "australia", "germany", "france", "japan", "canada", "brazil", "italy", "spain",
           "netherlands", "new zealand"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quick_url() -> Iterator[str]:
+    """One server for the module's tests that read only their own answers: a stand-in with no latency."""
+    with running_server(create_app(Settings(upstream_latency=0))) as base:
+        yield base
+
+
+@pytest.fixture
+async def quick(quick_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with open_client(quick_url) as client:
+        yield client
+
+
+async def served(client: httpx.AsyncClient) -> int:
+    """Searches the server's stand-in has answered so far."""
+    return int((await get_ok(client, "/upstream/stats"))["served"])
 
 
 async def get_ok(client: httpx.AsyncClient, url: str, **kwargs: Any) -> dict[str, Any]:
@@ -48,12 +67,12 @@ def span(calls: list[dict[str, Any]]) -> float:
     return max(call["finished"] for call in calls) - min(call["started"] for call in calls)
 
 
-async def test_records_have_the_public_api_schema(client: httpx.AsyncClient) -> None:
-    body = await get_ok(client, "/universities/async", params={"country": "India"})
+async def test_records_have_the_public_api_schema(quick: httpx.AsyncClient) -> None:
+    body = await get_ok(quick, "/universities/async", params={"country": "India"})
     records = body["universities"]["India"]
     keys = {"name", "country", "alpha_two_code", "state-province", "domains", "web_pages"}
     assert records and all(set(r) == keys and r["country"] == "India" for r in records)
-    direct = await get_ok(client, "/upstream/search", params={"country": "INDIA"})
+    direct = await get_ok(quick, "/upstream/search", params={"country": "INDIA"})
     assert direct == records
 
 
@@ -82,21 +101,19 @@ async def test_default_bound_is_the_setting(client_for: ClientFn) -> None:
     assert too_high.status_code == 400, too_high.text
 
 
-async def test_duplicate_countries_are_fetched_once(client_for: ClientFn) -> None:
-    client = await client_for(upstream_latency=0)
+async def test_duplicate_countries_are_fetched_once(quick: httpx.AsyncClient) -> None:
+    before = await served(quick)
     query = "country=Turkiye&country=turkiye&country=TURKIYE&country=india"
-    body = await get_ok(client, f"/universities/sync?{query}")
-    stats = await get_ok(client, "/upstream/stats")
+    body = await get_ok(quick, f"/universities/sync?{query}")
     assert [c["country"] for c in body["calls"]] == ["Turkiye", "india"]
-    assert stats["served"] == 2
+    assert await served(quick) - before == 2
 
 
 @pytest.mark.parametrize("route", ["/universities/sync", "/universities/async"])
 async def test_unknown_country_is_an_empty_list_with_a_hint_when_near_a_known_one(
-    client_for: ClientFn, route: str
+    quick: httpx.AsyncClient, route: str
 ) -> None:
-    client = await client_for(upstream_latency=0)
-    body = await get_ok(client, route, params={"country": ["Atlantis", "turkey", "korea"]})
+    body = await get_ok(quick, route, params={"country": ["Atlantis", "turkey", "korea"]})
     assert body["universities"] == {"Atlantis": [], "turkey": [], "korea": []}
     atlantis, turkey, korea = body["calls"]
     assert atlantis["count"] == 0 and "hint" not in atlantis
@@ -104,12 +121,11 @@ async def test_unknown_country_is_an_empty_list_with_a_hint_when_near_a_known_on
     assert "'Korea, Republic of'" in korea["hint"]
 
 
-async def test_stand_in_matches_country_whole_and_name_at_a_word_start(client_for: ClientFn) -> None:
-    client = await client_for(upstream_latency=0)
-    swiss = await get_ok(client, "/upstream/search", params={"country": "switzerland"})
-    partial = await get_ok(client, "/upstream/search", params={"country": "switz"})
-    technical = await get_ok(client, "/upstream/search", params={"country": "Turkiye", "name": "TECHN"})
-    inside = await get_ok(client, "/upstream/search", params={"country": "Turkiye", "name": "echn"})
+async def test_stand_in_matches_country_whole_and_name_at_a_word_start(quick: httpx.AsyncClient) -> None:
+    swiss = await get_ok(quick, "/upstream/search", params={"country": "switzerland"})
+    partial = await get_ok(quick, "/upstream/search", params={"country": "switz"})
+    technical = await get_ok(quick, "/upstream/search", params={"country": "Turkiye", "name": "TECHN"})
+    inside = await get_ok(quick, "/upstream/search", params={"country": "Turkiye", "name": "echn"})
     assert len(swiss) == 76 and partial == []
     assert "Middle East Technical University" in {r["name"] for r in technical}
     assert all(r["country"] == "Turkiye" for r in technical) and inside == []
@@ -133,15 +149,14 @@ async def test_duplicate_records_from_upstream_are_dropped(client_for: ClientFn,
 
 
 async def test_forged_host_header_does_not_redirect_the_upstream_call(
-    client_for: ClientFn, faulty_upstream_url: str
+    quick: httpx.AsyncClient, faulty_upstream_url: str
 ) -> None:
-    client = await client_for(upstream_latency=0)
+    before = await served(quick)
     for route in ("/universities/sync", "/universities/async"):
         headers = {"Host": faulty_upstream_url.removeprefix("http://")}  # a server that would echo
-        body = await get_ok(client, route, params={"country": "japan"}, headers=headers)
+        body = await get_ok(quick, route, params={"country": "japan"}, headers=headers)
         assert "University of Tokyo" in {r["name"] for r in body["universities"]["japan"]}
-    stats = await get_ok(client, "/upstream/stats")
-    assert stats["served"] == 2  # both calls reached the stand-in in this server
+    assert await served(quick) - before == 2  # both calls reached the stand-in in this server
 
 
 def test_shutdown_closes_the_shared_clients() -> None:
