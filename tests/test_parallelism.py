@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -26,25 +28,33 @@ from tests.utils import (
 N = 3_000_000  # about 0.3 s of pure-Python work on this machine
 
 
+def cores_used(records: list[dict[str, Any]]) -> float:
+    """The calls' CPU time over the time from the first start to the last end: above 1 only in parallel."""
+    span = max(r["finished"] for r in records) - min(r["started"] for r in records)
+    return sum(r["work"]["cpu_seconds"] for r in records) / span
+
+
 async def test_processes_compute_in_parallel_while_threads_take_turns(client_for: ClientFn, room: Room) -> None:
     client = await client_for()
     await get_all(client, [f"/cpu/process?n={N}"] * 2)  # start the two worker processes first
-    ratios = []
-    with room.to_myself():  # a ratio of CPU times: measured while no other test runs
-        # Up to three tries: a virtual machine's neighbours can take a core for a moment. Were the
-        # processes not in parallel, every try would come out near 1.
-        while len(ratios) < 3 and max(ratios, default=0) <= 1.4:
-            threads, thread_time = await get_all(client, [f"/cpu/thread?n={N}"] * 2)
-            processes, process_time = await get_all(client, [f"/cpu/process?n={N}"] * 2)
-            ratios.append(thread_time / process_time)
-    thread_work = [r["work"] for r in json_records(threads)]
-    process_work = [r["work"] for r in json_records(processes)]
-    server_pid = json_records(threads)[0]["pid"]
+    threads = json_records((await get_all(client, [f"/cpu/thread?n={N}"] * 2))[0])
+    assert cores_used(threads) < 1.1  # one GIL: however many cores are free, two threads compute on one
+    # More than one core's worth of CPU time in the same span can only be parallel work: a busy machine
+    # cannot fake it, only hold back the second core. So a few tries, the last ones with no other test running.
+    used: list[float] = []
+    for alone in (False, False, True, True, True):
+        with room.to_myself() if alone else contextlib.nullcontext():
+            processes = json_records((await get_all(client, [f"/cpu/process?n={N}"] * 2))[0])
+        used.append(cores_used(processes))
+        if used[-1] > 1.4:
+            break
+    thread_work, process_work = [r["work"] for r in threads], [r["work"] for r in processes]
+    server_pid = threads[0]["pid"]
     assert {w["pid"] for w in thread_work} == {server_pid}
     assert len({w["pid"] for w in process_work} - {server_pid}) == 2  # two other processes
-    assert peak_in_flight(json_records(processes)) == 2
+    assert peak_in_flight(processes) == 2
     assert thread_work[0]["result"] == process_work[0]["result"]  # the same work
-    assert max(ratios) > 1.4, ratios  # ideal 2: one GIL against two cores
+    assert max(used) > 1.4, used  # ideal 2: two processes, two GILs, two cores
 
 
 @pytest.mark.parametrize(
