@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -21,10 +21,8 @@ from asgi_app import Settings, create_app
 from tests.browser import HOW_TO_GET_ONE, launch_chromium
 from tests.utils import running_server, uvicorn_process
 
-try:
-    from playwright.sync_api import Page, sync_playwright
-except ImportError:  # the package is pinned in requirements.txt; a bare environment may lack it
-    sync_playwright = None
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 TOOK = re.compile(r"took (\d+(?:\.\d+)?) s")
 WORST_LAG = re.compile(r"worst in the last \d+ s: (\d+) ms")
@@ -32,8 +30,13 @@ WORST_LAG = re.compile(r"worst in the last \d+ s: (\d+) ms")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One Chromium per xdist worker that runs these tests: starting it is most of a test's cost."""
-    if sync_playwright is None:
+    """One Chromium per xdist worker that runs these tests: starting it is most of a test's cost.
+
+    Playwright is imported here, so the processes that run no page test never load it.
+    """
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # the package is pinned in requirements.txt; a bare environment may lack it
         why = "playwright is not installed: pip install -r requirements.txt"
     else:
         with sync_playwright() as playwright:
