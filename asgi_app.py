@@ -1055,7 +1055,10 @@ def tls_context() -> ssl.SSLContext:
     """httpx's default TLS settings (certifi's CA bundle), built once per process and shared by its clients.
 
     httpx builds one for each client it creates, reading the whole bundle: about
-    20 ms of CPU each time, paid at every start-up without this.
+    20 ms of CPU each time, paid at every start-up without this. Every client that
+    shares it must speak HTTP/1.1 only: httpcore sets the protocols it offers (ALPN)
+    on the context at each TLS connection, so an ``http2=True`` client would change
+    them for the others.
     """
     return httpx.create_ssl_context(trust_env=False)  # like the clients, it ignores SSL_CERT_FILE
 

@@ -31,7 +31,7 @@ def enough_file_descriptors() -> None:
 
 
 async def health(base_url: str) -> dict[str, Any]:
-    async with open_client(base_url) as client:
+    async with open_client(base_url, timeout=10) as client:
         return await client_health(client)
 
 
