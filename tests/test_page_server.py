@@ -77,9 +77,9 @@ async def lag(client: httpx.AsyncClient) -> dict[str, float]:
     return response.json()["loop_lag"]
 
 
-def worst_during(report: dict[str, Any], began: float, ended: float) -> float:
-    """The largest lag among the samples taken between two Unix times."""
-    return max((lag for at, lag in report["samples"] if began <= at <= ended), default=0.0)
+def lags_between(report: dict[str, Any], began: float, ended: float) -> list[float]:
+    """The lags of the samples the meter took between two Unix times."""
+    return [lag for at, lag in report["samples"] if began <= at <= ended]
 
 
 async def test_loop_lag_meter_sees_a_blocking_ping_and_not_an_async_one(tmp_path: Path) -> None:
@@ -97,9 +97,12 @@ async def test_loop_lag_meter_sees_a_blocking_ping_and_not_an_async_one(tmp_path
                 windows[route] = (began, time.time())
             after, reported = await lag(client), time.time()
     assert idle["interval"] == 0.05
-    assert worst_during(after, *windows["/ping/async"]) < 0.3  # 0.6 s of awaiting: the meter woke about on time
+    # 0.6 s of awaiting: the meter kept waking every 0.05 s (12 times on a quiet machine), never as late
+    # as a blocked loop makes it.
+    during_async = lags_between(after, *windows["/ping/async"])
+    assert len(during_async) >= 6 and max(during_async) < 0.5, during_async
     # 0.6 s of time.sleep: one wake-up that late, which may come just after the answer left, so look
     # from the ping's start to the report.
-    assert worst_during(after, windows["/ping/blocking"][0], reported) >= 0.5
+    assert max(lags_between(after, windows["/ping/blocking"][0], reported)) >= 0.5, after["samples"]
     after_blocking = after
     assert after_blocking["recent_max"] == max(lag for _, lag in after_blocking["samples"])
