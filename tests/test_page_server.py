@@ -95,7 +95,7 @@ async def test_loop_lag_meter_sees_a_blocking_ping_and_not_an_async_one(tmp_path
                 response = await client.get(f"{route}?delay=0.6")
                 assert response.status_code == 200, response.text
                 windows[route] = (began, time.time())
-            # The block's late wake-up may be recorded after its answer has left (seen on uvloop), so wait
+            # The block's late wake-up may be recorded after its answer has left (seen in CI), so wait
             # for a sample taken after the answer came: the meter wakes one time after another, so the
             # late wake-up is in that report too.
             with anyio.fail_after(2):
