@@ -27,8 +27,7 @@ ClientFn = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
 # The longest modules first. worksteal deals the tests out in this order, a contiguous run per process,
-# and idle processes steal from busy ones: long modules start at once instead of being left for last
-# (31-34 s against 37-39 s in collection order, here).
+# and idle processes steal from busy ones: long modules start at once instead of being left for last.
 LONGEST_FIRST = ("test_page_browser.py", "test_hardening.py", "test_next_questions.py", "test_parallelism.py")
 
 
