@@ -25,7 +25,7 @@ from typing import Any
 from bench.load import choose_cpus
 from bench.measure import STARTED, progress, run
 from bench.report import report
-from tests.utils import DEFAULT_STACK, STACKS
+from harness.servers import DEFAULT_STACK, STACKS
 
 UPSTREAM_LATENCY = 0.5
 OPEN_FILES = 8192  # 1000 client sockets and 1000 server sockets, with room to spare

@@ -21,8 +21,9 @@ from typing import Annotated, Any
 import anyio
 from fastapi import FastAPI, Query, Request
 
-from asgi_app import Settings, run_record
 from bench.variants import add_timing_headers
+from plumbing.record import run_record
+from plumbing.settings import Settings
 
 SETTINGS = Settings.from_env()
 Delay = Annotated[float, Query(ge=0, le=SETTINGS.max_delay, allow_inf_nan=False)]

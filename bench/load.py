@@ -15,7 +15,7 @@ import time
 
 import anyio
 
-from tests.utils import Reply, raw_get_all
+from harness.servers import Reply, raw_get_all
 
 LOAD_CONNECTIONS = 64
 THROUGHPUT_PATH = "/ping/async?delay=0"

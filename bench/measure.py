@@ -26,11 +26,11 @@ from typing import Any
 
 import anyio
 
-from asgi_app import Settings
 from bench.load import THROUGHPUT_PATH, batch, pinned, rates_at_once
 from bench.variants import VARIANTS
-from tests.utils import UvicornProcess, raw_get, uvicorn_process
-from universities import known_countries
+from harness.servers import UvicornProcess, raw_get, uvicorn_process
+from plumbing.settings import Settings
+from stand_in import known_countries
 
 BACKLOG = 2048  # uvicorn's listen queue: room for 1000 connections arriving at once
 

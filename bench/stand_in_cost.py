@@ -26,8 +26,9 @@ import httpx
 from starlette.types import ASGIApp
 
 import universities
-from asgi_app import Settings, create_app
-from tests.utils import running_server, uvicorn_process
+from asgi_app import create_app
+from harness.servers import running_server, uvicorn_process
+from plumbing.settings import Settings
 
 BIGGEST = ["United States", "Japan", "India", "China", "Germany"]
 ROUNDS = 7

@@ -17,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from asgi_app import Settings, ShutdownMiddleware, build_starlette
+from asgi_app import build_starlette
+from plumbing.settings import Settings
+from plumbing.shutdown import ShutdownMiddleware
 
 # name: (uvicorn import string, is a factory, extra environment, what it is)
 VARIANTS: dict[str, tuple[str, bool, dict[str, str], str]] = {

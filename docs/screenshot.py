@@ -19,9 +19,10 @@ sys.path.insert(0, str(REPO))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from asgi_app import Settings, create_app  # noqa: E402
-from tests.browser import launch_chromium  # noqa: E402
-from tests.utils import running_server  # noqa: E402
+from asgi_app import create_app  # noqa: E402
+from harness.browser import launch_chromium  # noqa: E402
+from harness.servers import running_server  # noqa: E402
+from plumbing.settings import Settings  # noqa: E402
 
 SIDE_BY_SIDE = (
     "Run /universities/sync and /universities/async side by side",

@@ -1,6 +1,7 @@
-"""Fixtures only: a real uvicorn server per test (or per module), clients, and the shared room.
+"""Fixtures: a real uvicorn server per test (or per module), clients, and the shared room; and the one
+hook that hands the longest modules out first.
 
-What they call, and what the tests import, lives in ``tests/utils.py``.
+What the tests import lives in ``tests/utils.py`` and ``harness/servers.py``, never here.
 """
 
 from __future__ import annotations
@@ -8,23 +9,18 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 from starlette.types import ASGIApp
 
-from asgi_app import Settings, create_app
+from asgi_app import create_app
+from harness.servers import DEFAULT_STACK, join_servers, open_client, running_server
+from plumbing.settings import Settings
 from tests.faulty_upstream import faulty_upstream
-from tests.utils import DEFAULT_STACK, STACKS, Room, join_servers, open_client, running_server
-
-# Runs a test module (or test) once per stack: `pytestmark = BOTH_STACKS`.
-BOTH_STACKS = pytest.mark.parametrize("stack", list(STACKS), indirect=True, scope="module")
-
-ServeFn = Callable[..., str]
-ClientFn = Callable[..., Awaitable[httpx.AsyncClient]]
-
+from tests.utils import ClientFn, Room, ServeFn
 
 # The longest modules first. worksteal deals the tests out in this order, a contiguous run per process,
 # and idle processes steal from busy ones: long modules start at once instead of being left for last.

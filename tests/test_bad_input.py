@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import ClientFn
-from tests.utils import error_detail
+from tests.utils import ClientFn, error_detail
 
 BAD_DELAYS = ["abc", "", "-1", "-0.001", "nan", "inf", "-inf", "10.001", "1e309", "0x10", "1,5"]
 

@@ -11,8 +11,8 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import ClientFn
-from tests.utils import error_detail, health, open_client, peak_in_flight, uvicorn_process
+from harness.servers import open_client, uvicorn_process
+from tests.utils import ClientFn, error_detail, health, peak_in_flight
 
 DELAY = 0.3
 

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_app import Settings, create_app, tls_context
-from tests.utils import running_server
+from asgi_app import create_app
+from harness.servers import running_server
+from plumbing.clients import tls_context
+from plumbing.settings import Settings
 
 ROUTE_PARAMETERS = {
     "/": [],

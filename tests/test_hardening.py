@@ -13,9 +13,9 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.conftest import BOTH_STACKS
+from harness.servers import open_client, raw_connection, raw_get, raw_get_all, unused_port, uvicorn_process
+from tests.utils import BOTH_STACKS, peak_in_flight
 from tests.utils import health as client_health
-from tests.utils import open_client, peak_in_flight, raw_connection, raw_get, raw_get_all, unused_port, uvicorn_process
 
 pytestmark = pytest.mark.slow
 

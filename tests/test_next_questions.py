@@ -11,16 +11,8 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import ClientFn, ServeFn
-from tests.utils import (
-    Console,
-    assert_waited_only_if,
-    health,
-    instant_ping_during,
-    json_records,
-    open_client,
-    raw_connection,
-)
+from harness.servers import open_client, raw_connection
+from tests.utils import ClientFn, Console, ServeFn, assert_waited_only_if, health, instant_ping_during, json_records
 
 TOOK = re.compile(r"end   (\S+) #\d+ took (\d+\.\d+)s")
 

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from asgi_app import Settings, create_app
-from tests.browser import HOW_TO_GET_ONE, launch_chromium
-from tests.utils import running_server, uvicorn_process
+from asgi_app import create_app
+from harness.browser import HOW_TO_GET_ONE, launch_chromium
+from harness.servers import running_server, uvicorn_process
+from plumbing.settings import Settings
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

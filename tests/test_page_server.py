@@ -10,8 +10,8 @@ import anyio
 import httpx
 import pytest
 
-from asgi_app import prefers_html
-from tests.utils import open_client, uvicorn_process
+from harness.servers import open_client, uvicorn_process
+from live_page import prefers_html
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 

@@ -11,17 +11,16 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import BOTH_STACKS, ClientFn
+from harness.servers import is_running, open_client, uvicorn_process
 from tests.utils import (
+    BOTH_STACKS,
+    ClientFn,
     Room,
     assert_waited_only_if,
     get_all,
     instant_ping_during,
-    is_running,
     json_records,
-    open_client,
     peak_in_flight,
-    uvicorn_process,
 )
 
 N = 3_000_000  # about 0.3 s of pure-Python work on this machine

@@ -7,8 +7,15 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import BOTH_STACKS, ClientFn
-from tests.utils import get_all, instant_ping_during, json_records, peak_in_flight, start_end_order
+from tests.utils import (
+    BOTH_STACKS,
+    ClientFn,
+    get_all,
+    instant_ping_during,
+    json_records,
+    peak_in_flight,
+    start_end_order,
+)
 
 DELAY = 0.2
 

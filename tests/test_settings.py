@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from asgi_app import SettingError, Settings, env_name
-from tests.utils import REPO
+from harness.servers import REPO
+from plumbing.settings import SettingError, Settings, env_name
 
 
 def test_environment_overrides_defaults() -> None:

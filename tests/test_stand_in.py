@@ -16,9 +16,10 @@ import anyio
 import httpx
 import pytest
 
-from asgi_app import Settings, create_app
-from tests.conftest import ClientFn
-from tests.utils import REPO, error_detail, is_running, open_client, running_server, uvicorn_process
+from asgi_app import create_app
+from harness.servers import REPO, is_running, open_client, running_server, uvicorn_process
+from plumbing.settings import Settings
+from tests.utils import ClientFn, error_detail
 
 
 @functools.cache
@@ -179,12 +180,12 @@ async def test_stand_in_runs_in_another_process_and_stops_with_the_server() -> N
 
 
 def stand_ins_started_here() -> set[int]:
-    """The pids of this process's children that run ``python -m universities``."""
+    """The pids of this process's children that run ``python -m stand_in``."""
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
             parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if parent == os.getpid() and b"universities" in (stat.parent / "cmdline").read_bytes():
+            if parent == os.getpid() and b"stand_in" in (stat.parent / "cmdline").read_bytes():
                 found.add(int(stat.parent.name))
     return found
 

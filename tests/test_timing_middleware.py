@@ -13,8 +13,9 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from asgi_app import Settings, TimingMiddleware, build_starlette, with_middleware
-from tests.conftest import ClientFn
+from asgi_app import TimingMiddleware, build_starlette, with_middleware
+from plumbing.settings import Settings
+from tests.utils import ClientFn
 
 # W3C Server-Timing: metric-name *( ";" param ), a metric name being an RFC 9110 token.
 SERVER_TIMING = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+;dur=(\d+(?:\.\d+)?)$")

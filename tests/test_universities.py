@@ -11,9 +11,11 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from asgi_app import Settings, create_app, own_address
-from tests.conftest import BOTH_STACKS, ClientFn
-from tests.utils import open_client, peak_in_flight, running_server, start_end_order
+from asgi_app import create_app
+from harness.servers import open_client, running_server
+from live_page import own_address
+from plumbing.settings import Settings
+from tests.utils import BOTH_STACKS, ClientFn, peak_in_flight, start_end_order
 
 LATENCY = 0.3  # long beside the work around each call, which a loaded machine stretches
 TWELVE = ["turkiye", "india", "australia", "germany", "france", "japan", "canada", "brazil", "italy", "spain",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from tests.conftest import ClientFn, ServeFn
+from harness.servers import open_client, unused_port
 from tests.faulty_upstream import MIXED_CALLS, SLOW
-from tests.utils import open_client, unused_port
+from tests.utils import ClientFn, ServeFn
 
 FAULTS = [
     ("error", 502, "upstream answered 503"),

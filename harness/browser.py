@@ -1,4 +1,4 @@
-"""Finding and starting Chromium for the browser tests and the screenshot script."""
+"""Finding and starting Chromium for the browser tests and the screenshot script (Playwright drives it)."""
 
 from __future__ import annotations
 
