@@ -268,8 +268,8 @@ async def pass_to_stand_in(request: Request) -> Response:
 
 # ---------------------------------------------------------------- routes, lifespan, app
 
+# Starlette tries the routes in order for every request: the lessons first, the index and the page last.
 ROUTES = [
-    Route("/", index),
     Route("/ping/blocking", ping_blocking),
     Route("/ping/async", ping_async),
     Route("/ping/thread", ping_thread),
@@ -291,6 +291,7 @@ ROUTES = [
     Route("/db/to-thread", next_q.db_to_thread),
     Route("/healthz", healthz),
     Route("/batch", batch),
+    Route("/", index),
     Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
 ]
 

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from plumbing.query import read_chunks, read_delay, read_rows
-from plumbing.record import REQUEST_NUMBERS, JSONResponse, run_record, where_am_i
+from plumbing.record import REQUEST_NUMBERS, JSONResponse, run_record, say, where_am_i
 from plumbing.settings import settings_of
 
 # ------------------------------------------------------------ the client that leaves
@@ -60,9 +60,9 @@ async def ping_until_gone(request: Request) -> JSONResponse:
 
 
 def background_job(number: int, delay: float) -> None:
-    print(f"start background job #{number} delay={delay}", flush=True)
+    say(f"start background job #{number} delay={delay}")
     time.sleep(delay)  # holds a thread-pool token, the same ones def endpoints wait for
-    print(f"end   background job #{number}", flush=True)
+    say(f"end   background job #{number}")
 
 
 async def background(request: Request) -> JSONResponse:
@@ -90,7 +90,7 @@ class Stream:
 
     def chunk(self, number: int, began: float) -> str:
         if self.console:
-            print(f"chunk {self.route} #{number} of {self.count}", flush=True)
+            say(f"chunk {self.route} #{number} of {self.count}")
         return json.dumps({"chunk": number, "sent": round(time.perf_counter() - began, 4)}) + "\n"
 
 

@@ -12,12 +12,16 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
+import anyio
+from starlette.applications import Starlette
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from asgi_app import build_starlette
+from asgi_app import TimingMiddleware, build_starlette
+from plumbing.record import JSONResponse, where_am_i
 from plumbing.settings import Settings
 from plumbing.shutdown import ShutdownMiddleware
 
@@ -28,6 +32,7 @@ VARIANTS: dict[str, tuple[str, bool, dict[str, str], str]] = {
     "base-http": ("bench.variants:app_with_base_http_middleware", True, {}, "timing by BaseHTTPMiddleware instead"),
     "no-print": ("asgi_app:app", False, {"APP_CONSOLE": "0"}, "this app, ping lines not printed"),
     "bare-asgi": ("bench.variants:bare_asgi", False, {}, "bare ASGI callable (the ceiling)"),
+    "twin": ("bench.variants:starlette_twin", False, {}, "plain Starlette + TimingMiddleware, one route"),
     "fastapi": ("bench.fastapi_twin:app", False, {}, 'FastAPI + @app.middleware("http")'),
 }
 
@@ -66,3 +71,16 @@ async def bare_asgi(scope: Scope, receive: Receive, send: Send) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def twin_ping_async(request: Request) -> JSONResponse:
+    """``/ping/async`` as plain Starlette would write it: the same answer, none of this app's layers."""
+    delay = float(request.query_params.get("delay", 1.0))
+    record = {"route": "/ping/async", "delay": delay, **where_am_i(), "started": time.time()}
+    await anyio.sleep(delay)
+    record["finished"] = time.time()
+    return JSONResponse(record)
+
+
+# What this app's own layers are measured against: Starlette, one route, the same timing middleware.
+starlette_twin = TimingMiddleware(Starlette(routes=[Route("/ping/async", twin_ping_async)]))

@@ -112,6 +112,9 @@ def allowed(field: dataclasses.Field[Any], value: Any) -> bool:
 
 
 def settings_of(request: Request) -> Settings:
-    """The one way a handler reaches configuration: the lifespan's state, copied into each request."""
-    settings: Settings = request.state.settings
+    """The one way a handler reaches configuration: the lifespan's state, which uvicorn copies into each scope.
+
+    Read from the scope itself: ``request.state.settings`` would build a ``State`` object per request.
+    """
+    settings: Settings = request.scope["state"]["settings"]
     return settings

@@ -8,9 +8,10 @@ as an error: the client gets a plain-text 500 and the log a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from plumbing.record import JSONResponse
 
@@ -26,22 +27,16 @@ class ShutdownMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        response_started = False
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, send)
         except asyncio.CancelledError as cancel:
             if UVICORN_SHUTDOWN_CANCEL not in str(cancel):
                 raise  # any other cancellation is not ours to swallow
             # The task ends here either way; answering instead of re-raising is what keeps
             # the client's answer JSON and the log free of a traceback.
             SERVER_LOG.warning("%s %s cut by shutdown: answered 503", scope["method"], scope["path"])
-            if not response_started:
-                await JSONResponse({"detail": "the server is shutting down"}, 503, {"Connection": "close"})(
-                    scope, receive, send
-                )
+            answer = JSONResponse({"detail": "the server is shutting down"}, 503, {"Connection": "close"})
+            # A response already under way cannot take a new status line: uvicorn refuses it with a
+            # RuntimeError, and the client keeps what it got. Not watching send() saves every request a step.
+            with contextlib.suppress(RuntimeError):
+                await answer(scope, receive, send)
