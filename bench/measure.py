@@ -47,7 +47,13 @@ THREAD_TOKENS = Settings().thread_tokens
 THROUGHPUT_ROUNDS = 5
 THROUGHPUT_SECONDS = 2.0
 WARMUP_SECONDS = 1.0
-PAIRS = (("app", "no-timing"), ("app", "no-print"))  # differences of a few percent: measured paired as well
+# Differences of a few percent, measured paired as well as in the rounds: (first, second): what first adds.
+PAIRS = {
+    ("app", "no-timing"): "the timing middleware",
+    ("app", "no-print"): "printing the ping lines",
+    ("no-print", "twin"): "this app's own layers, APP_CONSOLE=0",
+    ("app", "twin"): "this app's own layers, by default",
+}
 PAIRED_ROUNDS = 8
 
 TIMELINE_REQUESTS = 5
@@ -156,8 +162,10 @@ def throughput(servers: dict[str, str], cpus: Any) -> dict[str, Any]:
     median = {name: statistics.median(r[name] for r in rounds) for name in servers}
     # Each ratio is taken within a round, where the machine's other load hits both variants alike.
     ratios = {f"app/{name}": statistics.median(r["app"] / r[name] for r in rounds) for name in servers}
+    ratios |= {f"{a}/{b}": statistics.median(r[a] / r[b] for r in rounds) for a, b in PAIRS}
+    of_bare = {name: statistics.median(r[name] / r["bare-asgi"] for r in rounds) for name in servers}
     paired = {f"{first}/{second}": paired_ratio(servers, first, second, cpus) for first, second in PAIRS}
-    return {"rounds": rounds, "median": median, "ratios": ratios, "paired": paired}
+    return {"rounds": rounds, "median": median, "ratios": ratios, "of_bare": of_bare, "paired": paired}
 
 
 def paired_ratio(servers: dict[str, str], first: str, second: str, cpus: Any) -> dict[str, Any]:

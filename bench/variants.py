@@ -1,4 +1,4 @@
-"""What the benchmark serves beside the app: the same app minus a part, or without a framework.
+"""What the benchmark serves beside the app: the same app minus a part, plain Starlette, or no framework.
 
 Each entry of ``VARIANTS`` is what ``uvicorn`` is told to import. The factories
 build the app from the same ``Settings.from_env()`` the app itself reads.
