@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import next_questions as next_q
 import universities
 from live_page import STATIC_DIR, batch, index
-from loop_health import measuring_loop_lag
+from loop_health import watching_the_loop
 from plumbing.clients import shared_clients
 from plumbing.healthz import healthz
 from plumbing.query import read_countries, read_delay, read_max_concurrency, read_n
@@ -307,12 +307,14 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
         loop.slow_callback_duration = settings.slow_callback
-    async with measuring_loop_lag(settings.lag_interval) as lag_meter, contextlib.AsyncExitStack() as stack:
+    # The lag meter and the block finder (loop_health.py): one heartbeat, and a thread that names the line.
+    health = watching_the_loop(interval=settings.lag_interval, threshold=settings.block_threshold)
+    async with health as loop_health, contextlib.AsyncExitStack() as stack:
         stand_in = None
         if not settings.upstream_url:  # the stand-in gets its own process, loop and GIL: lessons here cannot slow it
             stand_in = await stack.enter_async_context(stand_in_server(settings.upstream_latency))
         state = await stack.enter_async_context(shared_clients(settings))
-        yield {**state, "stand_in": stand_in, "lag_meter": lag_meter}
+        yield {**state, "stand_in": stand_in, "loop_health": loop_health}
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:

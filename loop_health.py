@@ -1,56 +1,308 @@
-"""The event loop's health: how late its timer wakes up, while the app runs.
+"""The event loop's health, in any ASGI app: how late its timer wakes up, and which line held it.
 
-A task sleeps a short interval over and over and records how late each
-wake-up came. A wake-up is late by as long as something else held the event
-loop: a ``time.sleep`` or a computation in an ``async def`` shows up as one
-sample the size of the block. It only awaits a timer, so it works the same on
-asyncio's loop and uvloop, with no debug mode.
+One heartbeat task sleeps ``interval`` seconds over and over and records how
+late each wake-up came: the lag meter. A wake-up is late by as long as
+something else held the loop. A watcher thread looks at the loop thread's
+stack every few milliseconds (``sys._current_frames()``); when the same frame
+of your own code is on it, sample after sample, while the heartbeat cannot
+run, one step is holding the loop. Once it has held it for ``threshold``
+seconds, the watcher names the request (method and path), the innermost frame
+of your code (file, line, function, the source line) and, once the loop runs
+again, how long it was held, as one WARNING on uvicorn's log. No debug mode,
+nothing patched, the same on asyncio's loop and uvloop.
+
+"Your own code" is every Python file under ``root`` (the working directory the
+server started in, by default) that is not installed (no ``site-packages``, no
+standard library) and is not this file. Copy this file into your project, then:
+
+    app = LoopHealth(app)                   # any ASGI app
+    app.add_middleware(LoopHealth)          # FastAPI or Starlette
+
+It starts and stops with the lifespan, and puts itself in the lifespan state,
+so an endpoint can show ``request.state.loop_health.report()``.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import functools
+import inspect
+import io
+import linecache
+import logging
+import os
+import sys
+import sysconfig
+import threading
 import time
-from collections.abc import AsyncIterator
+import tokenize
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from types import CodeType, FrameType
 from typing import Any
 
 import anyio
 
 LAG_SAMPLES = 64  # about three seconds of history at 50 ms when idle; a block is one sample, however long
+RECENT_BLOCKS = 16
+TASK_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+SCOPE_SEARCH = 400  # objects looked at, at most, to find a block's request from its frames
 
 
-class LoopLagMeter:
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
+class LoopHealth:
+    """ASGI middleware: the lag meter and the block finder for the app it wraps, for as long as its lifespan runs.
+
+    ``threshold=0`` leaves the lag meter alone, with no watcher thread.
+    """
+
+    def __init__(self, app: Callable[..., Any], *, interval: float = 0.05, threshold: float = 0.1) -> None:
+        self.app, self.interval, self.threshold = app, interval, threshold
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        async with watching_the_loop(interval=self.interval, threshold=self.threshold) as health:
+            scope.setdefault("state", {})["loop_health"] = health  # what request.state copies
+            await self.app(scope, receive, send)
+
+
+@contextlib.asynccontextmanager
+async def watching_the_loop(
+    *, interval: float = 0.05, threshold: float = 0.1, root: str | None = None
+) -> AsyncIterator[Health]:
+    """Runs the heartbeat on this loop and, unless ``threshold`` is 0, the watcher thread, until the block ends."""
+    health = Health(interval, threshold, root)
+    async with anyio.create_task_group() as group:
+        group.start_soon(health.heartbeat)
+        if threshold > 0:
+            health.start_watching(sys._getframe())
+        try:
+            yield health
+        finally:
+            health.stop_watching()
+            group.cancel_scope.cancel()
+
+
+class Health:
+    def __init__(self, interval: float, threshold: float, root: str | None) -> None:
+        self.interval, self.threshold, self.root = interval, threshold, root
+        self.own: OwnCode | None = None  # made by the watcher thread: it asks the file system, the loop must not
         self.samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=LAG_SAMPLES)
         self.max = 0.0
+        self.beat = time.perf_counter()  # when the heartbeat last ran: the loop was free then
+        self.blocks: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_BLOCKS)
+        self.to_unix = time.time() - time.perf_counter()
+        self.stopping = threading.Event()
+        self.watcher: threading.Thread | None = None
 
-    async def run(self) -> None:
+    async def heartbeat(self) -> None:
         while True:
             began = time.perf_counter()
             await anyio.sleep(self.interval)  # yields the loop; wakes late by however long others held it
-            lag = max(0.0, time.perf_counter() - began - self.interval)
-            self.samples.append((time.time(), lag))
+            self.beat = now = time.perf_counter()
+            lag = max(0.0, now - began - self.interval)
+            self.samples.append((now + self.to_unix, lag))
             self.max = max(self.max, lag)
 
     def report(self) -> dict[str, Any]:
-        recent = [lag for _, lag in self.samples]
+        samples, blocks = list(self.samples), list(self.blocks)  # copies: the watcher appends from its thread
+        recent = [lag for _, lag in samples]
         return {
             "interval": self.interval,
             "last": round(recent[-1], 4) if recent else 0.0,
             "recent_max": round(max(recent, default=0.0), 4),
             "max": round(self.max, 4),  # since the server started
-            "samples": [[round(at, 3), round(lag, 4)] for at, lag in self.samples],  # [Unix time, seconds late]
+            "samples": [[round(at, 3), round(lag, 4)] for at, lag in samples],  # [Unix time, seconds late]
+            "block_threshold": self.threshold,
+            "blocks": blocks,  # the recent ones, oldest first
         }
 
+    # -------------------------------------------------------------- the watcher thread
 
-@contextlib.asynccontextmanager
-async def measuring_loop_lag(interval: float) -> AsyncIterator[LoopLagMeter]:
-    meter = LoopLagMeter(interval)
-    async with anyio.create_task_group() as group:
-        group.start_soon(meter.run)
+    def start_watching(self, here: FrameType) -> None:
+        # Frames of your code that run the loop itself (a script's uvicorn.run(app)) stay on the stack for
+        # good: below every step, never one. Everything of the lifespan's task above them is a coroutine.
+        outer = [f for f in walk(here) if not f.f_code.co_flags & TASK_CODE]
+        watcher = Watcher(self, threading.get_ident(), {(id(f), f.f_code) for f in outer})
+        self.watcher = threading.Thread(target=watcher.run, name="loop-health watcher", daemon=True)
+        self.watcher.start()
+
+    def stop_watching(self) -> None:
+        self.stopping.set()
+        if self.watcher is not None:
+            self.watcher.join(timeout=1)
+
+    def blocked(self, run: Run, ended: float) -> None:
+        assert self.own is not None
+        seconds = ended - run.since
+        file, line, function = run.lines.most_common(1)[0][0]
+        source = code_only(linecache.getline(self.own.path(file), line))
+        who = " ".join(run.request) if run.request else "a task outside any request"
+        block = {"method": run.request[0], "path": run.request[1]} if run.request else {"method": None, "path": None}
+        block |= {"file": file, "line": line, "function": function, "source": source, "seconds": round(seconds, 3)}
+        block |= {"started": round(run.since + self.to_unix, 3), "ended": round(ended + self.to_unix, 3)}
+        self.blocks.append(block)
+        LOG.warning(
+            "%s blocked the event loop for %.2f s at %s:%d in %s: %s", who, seconds, file, line, function, source
+        )
+
+
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own log: "WARNING:  GET /x blocked the event loop ..."
+
+
+@dataclass
+class Run:
+    """Consecutive samples that found the same frame of your code on the loop thread, the heartbeat still."""
+
+    key: tuple[int, CodeType]  # the outermost frame of your code: the same object, running the same code
+    beat: float  # the heartbeat's last run when the step began
+    since: float  # when the step began: between the sample before and the first that saw it
+    last: float  # the latest sample that saw it
+    lines: collections.Counter[tuple[str, int, str]] = field(default_factory=collections.Counter)
+    request: tuple[str, str] | None = None
+    looked: bool = False  # for the request, once
+
+
+class Watcher:
+    def __init__(self, health: Health, loop_thread: int, loop_frames: set[tuple[int, CodeType]]) -> None:
+        self.health, self.loop_thread, self.loop_frames = health, loop_thread, loop_frames
+        self.poll = min(0.02, max(0.002, health.threshold / 5))  # five samples or more in a block
+        self.run_: Run | None = None
+        self.previous = time.perf_counter()
+
+    def run(self) -> None:
+        self.health.own = OwnCode(self.health.root or os.getcwd())
+        failures = 0
+        while not self.health.stopping.wait(self.poll):
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 -- the watcher must never take the server down, nor die quietly
+                failures += 1
+                if failures == 1:
+                    LOG.exception("loop-health watcher: a sample failed (it goes on)")
+
+    def sample(self) -> None:
+        now, beat, health = time.perf_counter(), self.health.beat, self.health
+        assert health.own is not None
+        frame, own = sys._current_frames().get(self.loop_thread), []
         try:
-            yield meter
+            own = [f for f in walk(frame) if health.own.holds(f.f_code.co_filename)] if frame is not None else []
+            own = [f for f in own if (id(f), f.f_code) not in self.loop_frames]
+            key = (id(own[-1]), own[-1].f_code) if own else None
+            run = self.run_
+            if run is not None and key == run.key and beat == run.beat:
+                run.last = now
+            else:
+                if run is not None:
+                    self.finish(run, now, beat)
+                run = self.run_ = Run(key, beat, (max(self.previous, beat) + now) / 2, now) if key else None
+            if run is not None:
+                inner = own[0]
+                run.lines[(health.own.shown(inner.f_code.co_filename), inner.f_lineno, inner.f_code.co_name)] += 1
+                # Twice in a row with the heartbeat overdue: most likely a block. Find its request now,
+                # while its frames are still there (once: it reads frame locals, slower than a sample).
+                if not run.looked and run.last > run.since and now > run.beat + health.interval:
+                    run.looked, run.request = True, request_of(walk(frame))
         finally:
-            group.cancel_scope.cancel()
+            del frame, own  # no frame outlives the sample
+        self.previous = now
+
+    def finish(self, run: Run, now: float, beat: float) -> None:
+        # The heartbeat ran again: the loop was free by then. Otherwise another frame was seen: in between.
+        ended = beat if beat != run.beat else (run.last + now) / 2
+        held, overdue = ended - run.since, ended - (run.beat + self.health.interval)
+        if held >= self.health.threshold and overdue > 0 and sum(run.lines.values()) >= 2:
+            self.health.blocked(run, ended)
+
+
+def code_only(line: str) -> str:
+    """The source line without its comment: ``time.sleep(delay)  # blocks`` -> ``time.sleep(delay)``."""
+    try:
+        comments = [t for t in tokenize.generate_tokens(io.StringIO(line).readline) if t.type == tokenize.COMMENT]
+    except (tokenize.TokenError, SyntaxError):  # a line that opens a bracket another one closes
+        comments = []
+    return (line[: comments[0].start[1]] if comments else line).strip()
+
+
+def walk(frame: FrameType | None) -> list[FrameType]:
+    """The frames from ``frame`` outwards: the innermost first."""
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
+def request_of(frames: list[FrameType]) -> tuple[str, str] | None:
+    """(method, path) of the request these frames serve, from an ASGI ``scope`` they hold.
+
+    A request's own task has a frame with a ``scope`` local. A task it started
+    (a ``StreamingResponse`` makes its body in one) has none, but its frames hold
+    the ``send`` it was given, whose closures and bound methods lead back to one.
+    """
+    seen: set[int] = set()
+    todo: list[Any] = []
+    for frame in frames:
+        local = frame.f_locals  # a snapshot on 3.11 and 3.12, a read-only view here on 3.13 (PEP 667)
+        if is_http_scope(local.get("scope")):
+            return local["scope"]["method"], local["scope"]["path"]
+        todo += [value for name, value in local.items() if name in ("send", "receive", "self", "func")]
+    while todo and len(seen) < SCOPE_SEARCH:
+        value = todo.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        scope = value if isinstance(value, dict) else getattr(value, "scope", None)
+        if is_http_scope(scope):
+            return scope["method"], scope["path"]
+        if inspect.ismethod(value):
+            todo += [value.__self__, value.__func__]
+        elif isinstance(value, functools.partial):
+            todo += [value.func, *value.args]
+        elif inspect.isfunction(value):
+            todo += [cell.cell_contents for cell in value.__closure__ or () if cell_filled(cell)]
+    return None
+
+
+def is_http_scope(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") in ("http", "websocket") and "path" in value
+
+
+def cell_filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 -- an empty cell raises ValueError
+    except ValueError:
+        return False
+    return True
+
+
+class OwnCode:
+    """Which files are the application's: under ``root``, not installed, not the standard library, not this one."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+        installed = {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+        self.installed = tuple(os.path.realpath(path) + os.sep for path in installed if path)
+        self.here = os.path.realpath(__file__)
+        self.known: dict[str, str | None] = {}  # co_filename -> the path shown, or None when not ours
+
+    def holds(self, filename: str) -> bool:
+        if filename not in self.known:
+            path = os.path.realpath(os.path.join(self.root, filename))
+            ours = (
+                not filename.startswith("<")  # <frozen runpy>, <string>: no file of yours
+                and path.startswith(self.root + os.sep)
+                and not path.startswith(self.installed)
+                and os.sep + "site-packages" + os.sep not in path
+                and path != self.here
+            )
+            self.known[filename] = os.path.relpath(path, self.root) if ours else None
+        return self.known[filename] is not None
+
+    def shown(self, filename: str) -> str:
+        return self.known[filename] or filename
+
+    def path(self, shown: str) -> str:
+        return os.path.join(self.root, shown)

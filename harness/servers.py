@@ -122,10 +122,12 @@ def uvicorn_process(
     env: dict[str, str] | None = None,
     stack: str = DEFAULT_STACK,
     prefix: Sequence[str] = (),
+    cwd: Path = REPO,
 ) -> Iterator[UvicornProcess]:
     """``uvicorn TARGET ARGS`` as a real command on a free loopback port, stopped with SIGTERM.
 
-    Its output goes to a file in ``tmp``; ``prefix`` goes before the command (``taskset -c 0``).
+    Its output goes to a file in ``tmp``; ``prefix`` goes before the command (``taskset -c 0``);
+    it runs in ``cwd``, this repository unless told otherwise.
     """
     port = unused_port()
     log = tmp / f"uvicorn-{port}.log"
@@ -133,7 +135,7 @@ def uvicorn_process(
     command += ["--loop", STACKS[stack]["loop"], "--http", STACKS[stack]["http"], *args]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*prefix, *DIE_WITH_PARENT, *command], cwd=REPO, env={**os.environ, **(env or {})},
+            [*prefix, *DIE_WITH_PARENT, *command], cwd=cwd, env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a Ctrl-C is ours, and the teardown reaches every worker
         )  # fmt: skip

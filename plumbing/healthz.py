@@ -36,7 +36,7 @@ async def healthz(request: Request) -> JSONResponse:
             "open_fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None,
             "rss_bytes": resident_bytes(),
             "batch_calls": {"borrowed": request.state.batch_slots.borrowed_tokens},
-            "loop_lag": request.state.lag_meter.report(),
+            "loop_lag": request.state.loop_health.report(),  # and the blocks it found
         }
     )
 

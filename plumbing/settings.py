@@ -40,6 +40,7 @@ class Settings:
     max_batch: int = 20  # calls per route in one /batch
     batch_timeout: float = 60.0  # seconds one /batch may run before its calls are cut off
     lag_interval: float = 0.05  # seconds the loop-lag meter sleeps between samples
+    block_threshold: float = dataclasses.field(default=0.1, metadata={"minimum": 0})  # seconds held = a block; 0: off
     console: bool = True  # print a start and an end line for every ping and CPU call
     max_chunks: int = 100  # chunks one /stream route may send
     max_db_rows: int = 20_000_000  # rows one /db query may count (about 4 s)

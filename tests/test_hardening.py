@@ -99,13 +99,17 @@ async def test_fault_storm_leaves_nothing_behind(tmp_path: Path, faulty_upstream
     # after storms 1-6). It cannot tell a leak from that; the counts above can.
 
 
-async def test_thousand_concurrent_async_pings_all_answer(tmp_path: Path) -> None:
+async def test_thousand_concurrent_async_pings_all_answer_and_none_is_called_a_block(tmp_path: Path) -> None:
     with uvicorn_process(tmp=tmp_path) as server:
         # 1.5 s each: time enough for all 1000 to connect while other tests load the machine.
         results = await raw_get_all(server.base_url, ["/ping/async?delay=1.5"] * 1000)
+        after = await health(server.base_url)
     assert [reply.status for reply in results] == [200] * 1000
     records = [json.loads(reply.body) for reply in results]
     assert peak_in_flight(records) > 900  # all of them asleep together, give or take the stragglers
+    # A loop that was busy accepting a thousand connections, never held by one step: no block.
+    assert after["loop_lag"]["blocks"] == [], after["loop_lag"]["blocks"]
+    assert "blocked the event loop" not in server.log_text()
 
 
 async def test_healthz_answers_while_def_calls_queue_for_threads(tmp_path: Path) -> None:
