@@ -32,6 +32,7 @@ import io
 import linecache
 import logging
 import os
+import platform
 import sys
 import sysconfig
 import threading
@@ -47,6 +48,9 @@ import anyio
 LAG_SAMPLES = 64  # about three seconds of history at 50 ms when idle; a block is one sample, however long
 RECENT_BLOCKS = 16
 TASK_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+PAUSABLE = TASK_CODE | inspect.CO_GENERATOR  # frames that can leave the stack and come back
+HELD, MOVED, UNSURE = "held", "moved", "unsure"
+BUSY = 0.1  # of the time between two samples spent on a CPU: the loop thread was computing, not waiting for one
 SCOPE_SEARCH = 400  # objects looked at, at most, to find a block's request from its frames
 
 
@@ -125,7 +129,8 @@ class Health:
         # Frames of your code that run the loop itself (a script's uvicorn.run(app)) stay on the stack for
         # good: below every step, never one. Everything of the lifespan's task above them is a coroutine.
         outer = [f for f in walk(here) if not f.f_code.co_flags & TASK_CODE]
-        watcher = Watcher(self, threading.get_ident(), {(id(f), f.f_code) for f in outer})
+        loop_thread = threading.get_ident(), threading.get_native_id()
+        watcher = Watcher(self, loop_thread, {(id(f), f.f_code) for f in outer})
         self.watcher = threading.Thread(target=watcher.run, name="loop-health watcher", daemon=True)
         self.watcher.start()
 
@@ -166,11 +171,16 @@ class Run:
 
 
 class Watcher:
-    def __init__(self, health: Health, loop_thread: int, loop_frames: set[tuple[int, CodeType]]) -> None:
-        self.health, self.loop_thread, self.loop_frames = health, loop_thread, loop_frames
+    def __init__(self, health: Health, loop_thread: tuple[int, int], loop_frames: set[tuple[int, CodeType]]) -> None:
+        (self.loop_thread, self.native_id), self.health, self.loop_frames = loop_thread, health, loop_frames
         self.poll = min(0.02, max(0.002, health.threshold / 5))  # five samples or more in a block
         self.run_: Run | None = None
         self.previous = time.perf_counter()
+        self.cpu_clock = cpu_clock_of(self.loop_thread)
+        self.cpu = self.cpu_time()
+        self.frame: FrameType | None = None  # the last sample's innermost frame, at its instruction
+        self.lasti = -1
+        self.own_inner: FrameType | None = None  # and its innermost frame of your code
 
     def run(self) -> None:
         self.health.own = OwnCode(self.health.root or os.getcwd())
@@ -178,36 +188,71 @@ class Watcher:
         while not self.health.stopping.wait(self.poll):
             try:
                 self.sample()
-            except Exception:  # noqa: BLE001 -- the watcher must never take the server down, nor die quietly
+            except Exception:  # the watcher must never take the server down, nor die quietly
                 failures += 1
                 if failures == 1:
                     LOG.exception("loop-health watcher: a sample failed (it goes on)")
 
+    def cpu_time(self) -> float:
+        return time.clock_gettime(self.cpu_clock) if self.cpu_clock is not None else 0.0
+
     def sample(self) -> None:
-        now, beat, health = time.perf_counter(), self.health.beat, self.health
+        now, beat, health, cpu = time.perf_counter(), self.health.beat, self.health, self.cpu_time()
         assert health.own is not None
         frame, own = sys._current_frames().get(self.loop_thread), []
         try:
             own = [f for f in walk(frame) if health.own.holds(f.f_code.co_filename)] if frame is not None else []
             own = [f for f in own if (id(f), f.f_code) not in self.loop_frames]
             key = (id(own[-1]), own[-1].f_code) if own else None
+            share = (cpu - self.cpu) / max(now - self.previous, 1e-9) if self.cpu_clock is not None else 1.0
+            verdict = self.verdict(frame, own[0] if own else None, share)
             run = self.run_
-            if run is not None and key == run.key and beat == run.beat:
-                run.last = now
+            if run is not None and key == run.key and beat == run.beat and verdict != MOVED:
+                if verdict == HELD:
+                    run.last = now
+                    self.note(run, own[0])
             else:
                 if run is not None:
                     self.finish(run, now, beat)
                 run = self.run_ = Run(key, beat, (max(self.previous, beat) + now) / 2, now) if key else None
-            if run is not None:
-                inner = own[0]
-                run.lines[(health.own.shown(inner.f_code.co_filename), inner.f_lineno, inner.f_code.co_name)] += 1
-                # Twice in a row with the heartbeat overdue: most likely a block. Find its request now,
-                # while its frames are still there (once: it reads frame locals, slower than a sample).
-                if not run.looked and run.last > run.since and now > run.beat + health.interval:
-                    run.looked, run.request = True, request_of(walk(frame))
+                if run is not None:
+                    self.note(run, own[0])
+            # Twice in a row with the heartbeat overdue: most likely a block. Find its request now,
+            # while its frames are still there (once: it reads frame locals, slower than a sample).
+            if run is not None and not run.looked and run.last > run.since and now > run.beat + health.interval:
+                run.looked, run.request = True, request_of(walk(frame))
+            # Held until the next sample, so that "the same frame" then means the same object, not a new
+            # frame that happens to sit at the old one's address. No frame outlives the next sample.
+            self.frame, self.lasti = frame, frame.f_lasti if frame is not None else -1
+            self.own_inner = own[0] if own else None
         finally:
-            del frame, own  # no frame outlives the sample
-        self.previous = now
+            del frame, own
+        self.previous, self.cpu = now, cpu
+
+    def verdict(self, frame: FrameType | None, own_inner: FrameType | None, cpu_share: float) -> str:
+        """Has the step on the loop thread gone on since the last sample? HELD, MOVED, or UNSURE.
+
+        Held: still at the very same instruction, in a system call (a sleep, a read) or computing (a
+        query in C); or still in the same call of a plain function of yours, computing (a Python loop).
+        A thread stays at one instruction when it only waits for the GIL or for a CPU too: unsure, which
+        neither ends the step nor counts as seeing it.
+        """
+        if frame is not None and frame is self.frame and frame.f_lasti == self.lasti:
+            state = kernel_state(self.native_id)
+            if state is None or state == "syscall" or (state == "running" and cpu_share >= BUSY):
+                return HELD  # no /proc to ask: the instruction decides
+            return UNSURE
+        if own_inner is None or own_inner is not self.own_inner:
+            return MOVED
+        if not own_inner.f_code.co_flags & PAUSABLE:  # a plain function cannot pause: it has not returned
+            return HELD if cpu_share >= BUSY else UNSURE
+        # A coroutine or generator frame of yours can pause and resume between two samples: only a
+        # thread computing all along, with the heartbeat still, says it did not.
+        return HELD if cpu_share >= 3 * BUSY else MOVED
+
+    def note(self, run: Run, inner: FrameType) -> None:
+        assert self.health.own is not None
+        run.lines[(self.health.own.shown(inner.f_code.co_filename), inner.f_lineno, inner.f_code.co_name)] += 1
 
     def finish(self, run: Run, now: float, beat: float) -> None:
         # The heartbeat ran again: the loop was free by then. Otherwise another frame was seen: in between.
@@ -224,6 +269,30 @@ def code_only(line: str) -> str:
     except (tokenize.TokenError, SyntaxError):  # a line that opens a bracket another one closes
         comments = []
     return (line[: comments[0].start[1]] if comments else line).strip()
+
+
+def cpu_clock_of(thread: int) -> int | None:
+    """The clock of CPU time the thread has used (Linux, macOS); None where there is none."""
+    try:
+        return time.pthread_getcpuclockid(thread)
+    except (AttributeError, OSError):
+        return None
+
+
+FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98}.get(platform.machine().lower())
+
+
+def kernel_state(native_id: int) -> str | None:
+    """What the thread is doing, says Linux: "running" (or waiting for a CPU), "lock" (a futex: the GIL or
+    a thread lock), "syscall" (any other: a sleep, a read); None where there is no /proc to ask."""
+    try:
+        with open(f"/proc/self/task/{native_id}/syscall", "rb") as syscall:
+            call = syscall.read().split(maxsplit=1)[0]
+    except (OSError, IndexError):
+        return None
+    if call == b"running":
+        return "running"
+    return "lock" if FUTEX is not None and call == b"%d" % FUTEX else "syscall"
 
 
 def walk(frame: FrameType | None) -> list[FrameType]:

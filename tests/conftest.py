@@ -24,7 +24,13 @@ from tests.utils import ClientFn, Room, ServeFn
 
 # The longest modules first. worksteal deals the tests out in this order, a contiguous run per process,
 # and idle processes steal from busy ones: long modules start at once instead of being left for last.
-LONGEST_FIRST = ("test_page_browser.py", "test_hardening.py", "test_next_questions.py", "test_parallelism.py")
+LONGEST_FIRST = (
+    "test_page_browser.py",
+    "test_hardening.py",
+    "test_block_finder.py",
+    "test_next_questions.py",
+    "test_parallelism.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,6 +10,8 @@ import httpx
 from harness.servers import open_client, uvicorn_process
 from tests.utils import health
 
+RIGHT = ("/ping/async?delay=0.1", "/ping/thread?delay=0.1", "/db/to-thread?rows=1000", "/stream/async?chunks=2&delay=0")
+
 
 async def test_blockbuster_catches_the_blocking_calls_it_patches_and_not_a_pure_python_loop(tmp_path: Path) -> None:
     # BlockBuster switched on in the server's own process, as a project's test fixture would in its own.
@@ -22,8 +24,10 @@ async def test_blockbuster_catches_the_blocking_calls_it_patches_and_not_a_pure_
             except httpx.RemoteProtocolError:
                 streamed = (stream.status_code, b"cut off")
             missed = await client.get("/cpu/blocking?n=2000000")
-            right = [await client.get(path) for path in ("/ping/async?delay=0.1", "/ping/thread?delay=0.1")]
-            right += [await client.get("/db/to-thread?rows=1000"), await client.get("/stream/async?chunks=2&delay=0")]
+            try:
+                right = [await client.get(path) for path in RIGHT]
+            except httpx.HTTPError as exc:  # the server's log says which call BlockBuster stopped, and where
+                raise AssertionError(server.log_text()) from exc
             with anyio.fail_after(5):  # the block finder, in the same server, names what BlockBuster missed
                 while not (blocks := (await health(client))["loop_lag"]["blocks"]):
                     await anyio.sleep(0.05)
