@@ -76,4 +76,4 @@ window.addEventListener("resize", () => {
   resizeTimer = setTimeout(() => document.querySelectorAll("form.lesson").forEach((f) => f.redraw?.()), 100);
 });
 
-startLagMeter(document.querySelector("#lag-plot"), document.querySelector("#lag-text"));
+startLagMeter(document.querySelector("#lag-plot"), document.querySelector("#lag-text"), document.querySelector("#lag-detail"));

@@ -7,7 +7,7 @@
 const SVG = "http://www.w3.org/2000/svg";
 // Okabe-Ito colours stay apart for every common colour-vision deficiency; the
 // second series is also hatched and every row is labelled, so colour is never the only cue.
-export const SERIES = [
+const SERIES = [
   { colour: "#0072B2", pattern: null },
   { colour: "#D55E00", pattern: "hatch" },
 ];
@@ -17,7 +17,8 @@ const AXIS = 22; // px for the tick labels on top
 const STEPS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60];
 let patternIds = 0;
 
-function node(name, attributes = {}, parent = null) {
+/** An SVG element with these attributes, appended to `parent` if given. */
+export function node(name, attributes = {}, parent = null) {
   const element = document.createElementNS(SVG, name);
   for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
   if (parent) parent.append(element);
@@ -60,14 +61,14 @@ function legend(container, plan) {
 }
 
 /** Replaces `container`'s drawing with `calls` (the events so far) of the batch `plan`. */
-export function drawTimeline(container, plan, calls, { until = 0 } = {}) {
+export function drawTimeline(container, plan, calls) {
   container.replaceChildren();
   legend(container, plan);
   const rows = rowsOf(plan, calls.filter((c) => c.status === 200));
   const width = Math.max(260, container.clientWidth);
   const gutter = Math.min(96, Math.round(width * 0.28)); // row labels
   const plotWidth = width - gutter - 8;
-  const span = Math.max(until, 0.1, ...calls.filter((c) => c.received !== undefined).map((c) => c.received));
+  const span = Math.max(0.1, ...calls.filter((c) => c.received !== undefined).map((c) => c.received));
   const x = (t) => gutter + (t / span) * plotWidth;
   const height = AXIS + Math.max(1, rows.length) * ROW + 4;
   const svg = node("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", class: "timeline-plot" });

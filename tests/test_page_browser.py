@@ -21,11 +21,14 @@ from asgi_app import create_app
 from harness.browser import HOW_TO_GET_ONE, launch_chromium
 from harness.servers import running_server, uvicorn_process
 from plumbing.settings import Settings
+from tests.utils import line_of, peak_in_flight
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 TOOK = re.compile(r"took (\d+(?:\.\d+)?) s")
+SPAN = re.compile(r"(blocking|async) #\d: started (-?[\d.]+) s, finished ([\d.]+) s")
+BLOCKING_LINE = "time.sleep(delay)  # blocks the event loop"
 WORST_LAG = re.compile(r"worst in the last \d+ s: (\d+) ms")
 
 
@@ -156,17 +159,72 @@ def test_blocking_pings_run_one_at_a_time_and_async_ones_all_at_once_on_the_page
     assert "all at once" in visit.lesson("/ping/async").get_by_role("status").inner_text()
 
 
-def test_lag_meter_rises_during_a_blocking_run(visit_alone: Visit) -> None:
-    visit_alone.run("/ping/async", calls="2", delay="0.3")
-    visit_alone.page.wait_for_timeout(600)  # two more polls
+def test_lag_meter_rises_during_a_blocking_run_and_names_its_route_and_line(visit_alone: Visit) -> None:
+    visit_alone.run("/ping/async", calls="2", delay="0.2")
+    visit_alone.page.wait_for_timeout(300)  # one more poll
     idle = visit_alone.worst_lag_ms()
-    assert idle < 500  # awaiting left the loop free (a busy test machine adds a little)
-    visit_alone.run("/ping/blocking", calls="1", delay="0.8")
-    visit_alone.page.wait_for_function(
-        "() => /worst in the last \\d+ s: ([7-9]\\d\\d|\\d{4,}) ms/.test(document.querySelector('#lag-text').textContent)",
+    assert idle < 400  # awaiting left the loop free (a busy test machine adds a little)
+    assert visit_alone.page.locator("#lag-plot .lag-bar.named").count() == 0  # no block, nothing named
+    visit_alone.run("/ping/blocking", calls="1", delay="0.6")
+    page, where = visit_alone.page, f"/ping/blocking at asgi_app.py:{line_of('asgi_app.py', BLOCKING_LINE)}"
+    page.wait_for_function(
+        "() => /worst in the last \\d+ s: ([5-9]\\d\\d|\\d{4,}) ms, \\/ping\\/blocking at /"
+        ".test(document.querySelector('#lag-text').textContent)",
         timeout=5_000,
     )
-    assert visit_alone.worst_lag_ms() >= 700  # the whole 0.8 s block, as one spike
+    assert visit_alone.worst_lag_ms() >= 500  # the whole 0.6 s block, as one spike
+    assert page.locator("#lag-text").inner_text().endswith(where)  # the text under the meter names it
+    spike = page.locator("#lag-plot .lag-bar.named")
+    assert spike.count() == 1
+    named = f"GET {where} in ping_blocking: time.sleep(delay)"
+    spike.hover()  # on hover, the line under the meter says what held the loop
+    assert named in page.locator("#lag-detail").inner_text()
+    page.evaluate("document.querySelector('#lag-detail').textContent = ''")
+    page.locator("h1").click()  # the keyboard starts from the top of the page
+    page.keyboard.press("Tab")  # the spike is the page's first stop for the keyboard
+    assert page.evaluate("document.activeElement.classList.contains('named')")
+    assert named in page.locator("#lag-detail").inner_text()
+    page.wait_for_timeout(300)  # redrawn meanwhile: the reader keeps their place
+    assert page.evaluate("document.activeElement.classList.contains('named')")
+    assert named in (page.evaluate("document.activeElement.getAttribute('aria-label')") or "")
+
+
+def test_side_by_side_pings_say_what_the_bars_show(visit: Visit) -> None:
+    route = "/ping/blocking and /ping/async side by side"
+    visit.run(route, calls="3", delay="0.3")
+    form = visit.lesson(route)
+    text = form.get_by_role("status").inner_text()
+    spans = {"blocking": [], "async": []}
+    for title in form.locator("svg rect.bar title").all_text_contents():
+        name, started, finished = SPAN.match(title).groups()  # type: ignore[union-attr]
+        spans[name].append((float(started), float(finished)))
+    # The bars as the tests read them: two calls overlap only if they share more than 5 ms (ran_alone).
+    assert "/ping/blocking: 3 calls of 0.3 s took" in text and "one at a time" in text, text
+    expected = MANNER.get(peak(spans["async"]), f": at most {peak(spans['async'])} at a time")
+    assert re.search(rf"/ping/async: 3 calls of 0\.3 s took [\d.]+ s{re.escape(expected)}[.;]", text), (text, spans)
+    # And the reading's own count, on spans that only touch (0.1 ms) or truly overlap (10 ms).
+    touching, overlapping = page_peaks(visit.page)
+    assert (touching, overlapping) == (1, 2)
+
+
+MANNER = {1: ": one at a time", 3: ": all at once"}
+
+
+def peak(spans: list[tuple[float, float]]) -> int:
+    """The most bodies running at once, an overlap of 5 ms or less not counted (as ran_alone does)."""
+    return peak_in_flight([{"started": start, "finished": max(start, end - 0.005)} for start, end in spans])
+
+
+def page_peaks(page: Page) -> list[int]:
+    """reading.js's own count for two spans that touch for 0.1 ms, and for two that share 10 ms."""
+    return page.evaluate(
+        """async () => {
+            const { peakOverlap } = await import("/static/reading.js");
+            const touching = [{ started: 0, finished: 1 }, { started: 0.9999, finished: 2 }];
+            const overlapping = [{ started: 0, finished: 1 }, { started: 0.99, finished: 2 }];
+            return [peakOverlap(touching), peakOverlap(overlapping)];
+        }"""
+    )
 
 
 def test_side_by_side_draws_both_routes_on_one_axis(visit: Visit) -> None:
