@@ -195,7 +195,7 @@ async def universities_async(request: Request) -> JSONResponse:
     """
     began, started = time.perf_counter(), time.time()
     countries, limit = read_countries(request), read_max_concurrency(request)
-    upstream = upstream_for(request)  # after the checks: a refused request never starts the stand-in
+    upstream = await upstream_on_the_loop(request)  # after the checks: a refused request never starts the stand-in
     client = request.state.client
     results = await universities.fetch_all_async(client, upstream, countries, max_concurrency=limit)  # all at once
     return universities_json(request, results, began, started, max_concurrency=limit)
@@ -207,23 +207,30 @@ async def universities_gather(request: Request) -> JSONResponse:
     Try: ?country=turkiye&country=india
     """
     began, started = time.perf_counter(), time.time()
-    countries, upstream = read_countries(request), upstream_for(request)
+    countries, upstream = read_countries(request), await upstream_on_the_loop(request)
     limit = settings_of(request).max_concurrency
     # gather, kept beside the task group to show the difference: its abandoned calls run on, unobserved.
     results = await universities.fetch_all_gather(request.state.client, upstream, countries, max_concurrency=limit)
     return universities_json(request, results, began, started, max_concurrency=limit)
 
 
-def upstream_for(request: Request) -> universities.Upstream:
+def upstream_for(request: Request, base: str = "") -> universities.Upstream:
     settings = settings_of(request)
     # Empty: the stand-in's own process, on a loopback port, started by the first call that needs it.
-    base = settings.upstream_url.rstrip("/") or request.state.stand_in.started_url()
+    base = base or settings.upstream_url.rstrip("/") or request.state.stand_in.started_url()
     return universities.Upstream(
         search_url=f"{base}/search",
         timeout=settings.upstream_timeout,
         max_bytes=settings.upstream_max_bytes,
         slots=request.state.upstream_slots,
     )
+
+
+async def upstream_on_the_loop(request: Request) -> universities.Upstream:
+    """``upstream_for`` in an async def: starting the stand-in would block the loop (the block finder said so)."""
+    if settings_of(request).upstream_url:
+        return upstream_for(request)
+    return upstream_for(request, await request.state.stand_in.started_url_async())
 
 
 def universities_json(
@@ -260,7 +267,7 @@ async def pass_to_stand_in(request: Request) -> Response:
     if request.state.stand_in is None:
         raise HTTPException(404, "no stand-in runs here: APP_UPSTREAM_URL names the upstream")
     path = request.url.path.removeprefix("/upstream")
-    url = httpx.URL(f"{request.state.stand_in.started_url()}{path}", query=request.scope["query_string"])
+    url = httpx.URL(f"{await request.state.stand_in.started_url_async()}{path}", query=request.scope["query_string"])
     with universities.upstream_faults(f"stand-in {path}", settings_of(request).upstream_timeout):
         answer = await request.state.client.get(url)  # yields the loop while the other process searches
     return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))

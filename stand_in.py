@@ -177,6 +177,10 @@ class StandInProcess:
                 self.listener.close()  # the child's copy remains: if the child dies, calls are refused, not queued
         return self.url
 
+    async def started_url_async(self) -> str:
+        """``started_url`` for the event loop: the first start (a fork and an exec) runs in a thread."""
+        return self.url if self.process is not None else await anyio.to_thread.run_sync(self.started_url)
+
     def stop(self) -> None:
         with self.lock:
             self.listener.close()
