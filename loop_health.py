@@ -184,19 +184,21 @@ class Watcher:
 
     def run(self) -> None:
         self.health.own = OwnCode(self.health.root or os.getcwd())
-        failures = 0
-        while not self.health.stopping.wait(self.poll):
+        failures, delay = 0, self.poll
+        while not self.health.stopping.is_set():
+            time.sleep(delay)  # cheaper than Event.wait(delay), which makes and drops a lock each time
             try:
-                self.sample()
+                delay = self.sample()
             except Exception:  # the watcher must never take the server down, nor die quietly
-                failures += 1
+                failures, delay = failures + 1, self.poll
                 if failures == 1:
                     LOG.exception("loop-health watcher: a sample failed (it goes on)")
 
     def cpu_time(self) -> float:
         return time.clock_gettime(self.cpu_clock) if self.cpu_clock is not None else 0.0
 
-    def sample(self) -> None:
+    def sample(self) -> float:
+        """Looks at the loop thread once; returns how long to sleep before the next look."""
         now, beat, health, cpu = time.perf_counter(), self.health.beat, self.health, self.cpu_time()
         assert health.own is not None
         frame, own = sys._current_frames().get(self.loop_thread), []
@@ -205,21 +207,25 @@ class Watcher:
             own = [f for f in own if (id(f), f.f_code) not in self.loop_frames]
             key = (id(own[-1]), own[-1].f_code) if own else None
             share = (cpu - self.cpu) / max(now - self.previous, 1e-9) if self.cpu_clock is not None else 1.0
-            verdict = self.verdict(frame, own[0] if own else None, share)
             run = self.run_
-            if run is not None and key == run.key and beat == run.beat and verdict != MOVED:
+            same = run is not None and key == run.key and beat == run.beat
+            verdict = self.verdict(frame, own[0], share) if same and own else MOVED  # asks Linux: only when needed
+            if run is not None and same and verdict != MOVED:
                 if verdict == HELD:
                     run.last = now
                     self.note(run, own[0])
             else:
                 if run is not None:
                     self.finish(run, now, beat)
-                run = self.run_ = Run(key, beat, (max(self.previous, beat) + now) / 2, now) if key else None
+                # It began after the last look and the heartbeat's run, and before the heartbeat was due.
+                after = max(self.previous, beat)
+                began = (after + max(after, min(now, beat + health.interval))) / 2
+                run = self.run_ = Run(key, beat, began, now) if key else None
                 if run is not None:
                     self.note(run, own[0])
-            # Twice in a row with the heartbeat overdue: most likely a block. Find its request now,
+            # Seen held once already, with the heartbeat overdue: most likely a block. Find its request now,
             # while its frames are still there (once: it reads frame locals, slower than a sample).
-            if run is not None and not run.looked and run.last > run.since and now > run.beat + health.interval:
+            if run is not None and not run.looked and sum(run.lines.values()) >= 2 and now > run.beat + health.interval:
                 run.looked, run.request = True, request_of(walk(frame))
             # Held until the next sample, so that "the same frame" then means the same object, not a new
             # frame that happens to sit at the old one's address. No frame outlives the next sample.
@@ -228,6 +234,10 @@ class Watcher:
         finally:
             del frame, own
         self.previous, self.cpu = now, cpu
+        # Every `poll` while the heartbeat is overdue. While it runs on time, one look a little after
+        # each of its runs is enough (a step seen then is still there, the same frame, at the next
+        # look), and costs a wake-up of this thread a heartbeat rather than one every `poll`.
+        return max(self.poll, beat + health.interval + self.poll - now)
 
     def verdict(self, frame: FrameType | None, own_inner: FrameType | None, cpu_share: float) -> str:
         """Has the step on the loop thread gone on since the last sample? HELD, MOVED, or UNSURE.
