@@ -51,10 +51,13 @@ WARMUP_SECONDS = 1.0
 PAIRS = {
     ("app", "no-timing"): "the timing middleware",
     ("app", "no-print"): "printing the ping lines",
+    ("app", "no-blocks"): "the block finder's watcher thread",
     ("no-print", "twin"): "this app's own layers, APP_CONSOLE=0",
     ("app", "twin"): "this app's own layers, by default",
 }
 PAIRED_ROUNDS = 8
+IDLE_SECONDS = 10.0
+IDLE_VARIANTS = ("bare-asgi", "no-blocks", "app")  # nothing running; the lag meter; the lag meter and the finder
 
 TIMELINE_REQUESTS = 5
 TIMELINE_DELAY = 0.5
@@ -182,6 +185,32 @@ def paired_ratio(servers: dict[str, str], first: str, second: str, cpus: Any) ->
     return {"median": statistics.median(ratios), "ratios": ratios}
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of the process, to the nanosecond (the first field of each schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that has just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def idle_cpu(stack: str, cpus: Any) -> dict[str, float]:
+    """Share of one core each variant uses with no request at all, measured side by side over IDLE_SECONDS."""
+    progress(f"idle: {', '.join(IDLE_VARIANTS)} side by side, {IDLE_SECONDS:g} s with no request")
+    with contextlib.ExitStack() as servers, tempfile.TemporaryDirectory() as tmp:
+        processes = {}
+        for name in IDLE_VARIANTS:
+            target, _, env, _ = VARIANTS[name]
+            server = uvicorn_process(
+                tmp=Path(tmp), target=target, env=app_env() | env, stack=stack, prefix=pinned(cpus, 0)
+            )
+            processes[name] = servers.enter_context(server).process.pid
+        time.sleep(1.0)  # start-up is over
+        before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        time.sleep(IDLE_SECONDS)
+        return {name: (cpu_seconds(pid) - before[name]) / IDLE_SECONDS for name, pid in processes.items()}
+
+
 def timeline(base_url: str) -> dict[str, list[dict[str, float]]]:
     bars = {}
     for route in PING_DELAY:
@@ -243,6 +272,7 @@ def run(stack: str, latency: float, cpus: Any) -> dict[str, Any]:
             for name, (target, factory, env, _) in VARIANTS.items()
         }
         results["throughput"] = throughput(servers, cpus)
+    results["idle"] = idle_cpu(stack, cpus)
     bound = str(FANOUT_BOUND)
     env = app_env(upstream_latency=f"{latency:g}", max_countries=bound, max_concurrency=bound)
     with serving("asgi_app:app", stack, cpus, env=env) as url:

@@ -24,23 +24,26 @@ from bench.variants import VARIANTS
 # The lowest app / FastAPI and app / bare-ASGI throughput ratios we hold ourselves to, per stack.
 RATIO_TARGETS = {"uvloop+httptools": {"fastapi": 4.0, "bare-asgi": 0.55}, "asyncio+h11": {"bare-asgi": 0.75}}
 TIMING_COST_TARGET = 0.05
+BLOCK_FINDER_COST_TARGET = 0.02
 # This app's own layers against plain Starlette doing the same /ping/async (bench/variants.py), on every stack.
 TWIN_TARGETS = {"no-print/twin": 0.90, "app/twin": 0.80}
 # The layers from the ceiling down, as docs/benchmark.md tabulates them.
 LAYERS = ("bare-asgi", "twin", "no-print", "app", "base-http", "fastapi")
 
 
+def cost_check(results: dict[str, Any], key: str, what: str, most: float) -> tuple[bool, str]:
+    """What a layer costs, 1 - key's ratio: paired (the target) and in rounds."""
+    paired, in_rounds = 1 - results["throughput"]["paired"][key]["median"], 1 - results["throughput"]["ratios"][key]
+    return paired <= most, f"{what} costs <= {most:.0%}: {paired:+.1%} paired ({in_rounds:+.1%} in rounds)"
+
+
 def targets(stack: str, results: dict[str, Any]) -> list[tuple[bool, str]]:
     ratios = results["throughput"]["ratios"]
     ping = next(row for row in results["concurrency"] if row["route"] == "/ping/async" and row["n"] == 1000)
     fan = {row["countries"]: row["async"]["ratio"] for row in results["fanout"]}
-    cost = 1 - results["throughput"]["paired"]["app/no-timing"]["median"]
-    in_rounds = 1 - ratios["app/no-timing"]
     checks = [
-        (
-            cost <= TIMING_COST_TARGET,
-            f"timing middleware costs <= {TIMING_COST_TARGET:.0%}: {cost:+.1%} paired ({in_rounds:+.1%} in rounds)",
-        )
+        cost_check(results, "app/no-timing", "timing middleware", TIMING_COST_TARGET),
+        cost_check(results, "app/no-blocks", "block finder", BLOCK_FINDER_COST_TARGET),
     ]
     for key, least in TWIN_TARGETS.items():
         got, paired = ratios[key], results["throughput"]["paired"][key]["median"]
@@ -64,7 +67,7 @@ def report(meta: dict[str, Any], by_stack: dict[str, dict[str, Any]]) -> str:
         lines += ["", f"=== {stack} (Python {meta['python']}, uvicorn --loop/--http as named)", ""]
         lines += fanout_lines(results["fanout"], meta["latency"]) + large_lines(results.get("large")) + [""]
         lines += concurrency_lines(results["concurrency"]) + [""]
-        lines += throughput_lines(results["throughput"]) + [""]
+        lines += throughput_lines(results["throughput"]) + idle_lines(results.get("idle")) + [""]
         lines += timeline_lines(results["timeline"]) + [""]
         lines += cpu_lines(results.get("cpu"), results.get("workers")) + ["", f"Targets on {stack}"]
         lines += [f"   {'PASS' if ok else 'MISS'}  {text}" for ok, text in targets(stack, results)]
@@ -132,6 +135,16 @@ def throughput_lines(data: dict[str, Any]) -> list[str]:
         key = f"{first}/{second}"
         lines.append(f"   {key:<22} {what:<40} {data['paired'][key]['median']:>7.3f} {data['ratios'][key]:>10.3f}")
     return lines
+
+
+def idle_lines(idle: dict[str, float] | None) -> list[str]:
+    if not idle:
+        return []
+    shares = ", ".join(f"{name} {share:.2%}" for name, share in idle.items())
+    added = (
+        f"lag meter +{idle['no-blocks'] - idle['bare-asgi']:.2%}, block finder +{idle['app'] - idle['no-blocks']:.2%}"
+    )
+    return [f"   idle, of one core, no request at all: {shares} ({added})"]
 
 
 def cpu_lines(rows: list[dict[str, Any]] | None, workers: dict[str, float] | None) -> list[str]:

@@ -31,6 +31,7 @@ VARIANTS: dict[str, tuple[str, bool, dict[str, str], str]] = {
     "no-timing": ("bench.variants:app_without_timing", True, {}, "this app without TimingMiddleware"),
     "base-http": ("bench.variants:app_with_base_http_middleware", True, {}, "timing by BaseHTTPMiddleware instead"),
     "no-print": ("asgi_app:app", False, {"APP_CONSOLE": "0"}, "this app, ping lines not printed"),
+    "no-blocks": ("asgi_app:app", False, {"APP_BLOCK_THRESHOLD": "0"}, "this app, block finder off"),
     "bare-asgi": ("bench.variants:bare_asgi", False, {}, "bare ASGI callable (the ceiling)"),
     "twin": ("bench.variants:starlette_twin", False, {}, "plain Starlette + TimingMiddleware, one route"),
     "fastapi": ("bench.fastapi_twin:app", False, {}, 'FastAPI + @app.middleware("http")'),
