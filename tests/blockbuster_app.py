@@ -18,4 +18,8 @@ blockbuster.activate()
 # /healthz looks at /proc on the loop on purpose (a few microseconds): the one place allowed to.
 for function in ("os.stat", "os.listdir", "io.TextIOWrapper.read"):
     blockbuster.functions[function].can_block_in("plumbing/healthz.py", {"healthz", "resident_bytes"})
+# The console lines and uvicorn's log go to a file here, not a terminal (BlockBuster lets a terminal be):
+# a write into the process's own output buffer, as any app's logging does.
+blockbuster.functions["io.BufferedWriter.write"].can_block_in("plumbing/record.py", {"say"})
+blockbuster.functions["io.BufferedWriter.write"].can_block_in("logging/__init__.py", {"flush", "emit"})
 app = create_app(Settings.from_env())
