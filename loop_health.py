@@ -223,9 +223,9 @@ class Watcher:
                 run = self.run_ = Run(key, beat, began, now) if key else None
                 if run is not None:
                     self.note(run, own[0])
-            # Seen held once already, with the heartbeat overdue: most likely a block. Find its request now,
-            # while its frames are still there (once: it reads frame locals, slower than a sample).
-            if run is not None and not run.looked and sum(run.lines.values()) >= 2 and now > run.beat + health.interval:
+            # Seen held once already: most likely a block. Find its request now, while its frames are
+            # still there (once: it reads frame locals, slower than a sample).
+            if run is not None and not run.looked and sum(run.lines.values()) >= 2:
                 run.looked, run.request = True, request_of(walk(frame))
             # Held until the next sample, so that "the same frame" then means the same object, not a new
             # frame that happens to sit at the old one's address. No frame outlives the next sample.
