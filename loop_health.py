@@ -3,9 +3,9 @@
 One heartbeat task sleeps ``interval`` seconds over and over and records how
 late each wake-up came: the lag meter. A wake-up is late by as long as
 something else held the loop. A watcher thread looks at the loop thread's
-stack every few milliseconds (``sys._current_frames()``); when the same frame
-of your own code is on it, sample after sample, while the heartbeat cannot
-run, one step is holding the loop. Once it has held it for ``threshold``
+stack (``sys._current_frames()``) once after each heartbeat, and every 20 ms
+while the heartbeat is overdue; when the same call of your own code is on it,
+look after look, while the heartbeat cannot run, one step is holding the loop. Once it has held it for ``threshold``
 seconds, the watcher names the request (method and path), the innermost frame
 of your code (file, line, function, the source line) and, once the loop runs
 again, how long it was held, as one WARNING on uvicorn's log. No debug mode,

@@ -18,14 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import httpx
 
-from harness.servers import REPO, STACKS, UvicornProcess, open_client, uvicorn_process
+from harness.servers import STACKS, UvicornProcess, line_of, open_client, uvicorn_process
 
 # Each blocking route, about half a second of block, and the line that blocks.
 ROUTES = {
@@ -47,22 +47,9 @@ class Found:
 class Way:
     name: str
     env: dict[str, str]
-    read: Callable[[UvicornProcess, httpx.AsyncClient, str, str, str], object]  # awaitable of Found
+    read: Callable[[UvicornProcess, httpx.AsyncClient, str, str, str], Awaitable[Found]]
     target: str = "asgi_app:app"
     during: bool = False  # looks at the process while the call runs, not after
-
-
-def line_of(file: str, text: str) -> int:
-    [number] = [n for n, line in enumerate((REPO / file).read_text().splitlines(), 1) if text in line]
-    return number
-
-
-def new_log(server: UvicornProcess, since: int) -> str:
-    return server.log_text()[since:]
-
-
-async def settle() -> None:
-    await anyio.sleep(0.3)  # what is reported once the loop runs again is in by then
 
 
 async def debug_mode(server: UvicornProcess, client: httpx.AsyncClient, log: str, path: str, where: str) -> Found:
@@ -73,7 +60,7 @@ async def debug_mode(server: UvicornProcess, client: httpx.AsyncClient, log: str
 async def lag_meter(server: UvicornProcess, client: httpx.AsyncClient, log: str, path: str, where: str) -> Found:
     report = (await client.get("/healthz")).json()["loop_lag"]
     caught = report["recent_max"] >= 0.3
-    return Found(caught, path in str(report["samples"]), where in str(report["samples"]))
+    return Found(caught, path in str(report), where in str(report))  # a report of lags only
 
 
 async def block_finder(server: UvicornProcess, client: httpx.AsyncClient, log: str, path: str, where: str) -> Found:
@@ -138,8 +125,8 @@ async def try_way(way: Way, stack: str, tmp: Path) -> dict[str, Found]:
                         found[path] = await way.read(server, client, "", path, where)
                 else:
                     await call(client, target)
-                    await settle()
-                    found[path] = await way.read(server, client, new_log(server, since), path, where)
+                    await anyio.sleep(0.3)  # what is reported once the loop runs again is in by then
+                    found[path] = await way.read(server, client, server.log_text()[since:], path, where)
                 await anyio.sleep(0.2)
     return found
 

@@ -47,6 +47,12 @@ DEFAULT_STACK = "uvloop+httptools" if importlib.util.find_spec("uvloop") else "a
 # ------------------------------------------------------------------ servers
 
 
+def line_of(file: str, text: str) -> int:
+    """The number of the one line of ``file`` (in this repository) that holds ``text``."""
+    [number] = [n for n, line in enumerate((REPO / file).read_text().splitlines(), 1) if text in line]
+    return number
+
+
 def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

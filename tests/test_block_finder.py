@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from harness.servers import REPO, open_client, uvicorn_process
+from harness.servers import REPO, line_of, open_client, uvicorn_process
 from loop_health import LoopHealth, OwnCode, code_only
-from tests.utils import BOTH_STACKS, ServeFn, health, line_of
+from tests.utils import BOTH_STACKS, ServeFn, health
 
 WARNING = re.compile(r"WARNING: +(\S+) (\S+) blocked the event loop for (\d+\.\d\d) s at (\S+):(\d+) in (\w+): (.+)")
 

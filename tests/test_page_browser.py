@@ -19,9 +19,9 @@ import pytest
 
 from asgi_app import create_app
 from harness.browser import HOW_TO_GET_ONE, launch_chromium
-from harness.servers import running_server, uvicorn_process
+from harness.servers import line_of, running_server, uvicorn_process
 from plumbing.settings import Settings
-from tests.utils import line_of, peak_in_flight
+from tests.utils import peak_in_flight
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -17,7 +17,7 @@ import anyio
 import httpx
 import pytest
 
-from harness.servers import REPO, STACKS
+from harness.servers import STACKS
 
 # Runs a test module (or test) once per stack: `pytestmark = BOTH_STACKS`.
 BOTH_STACKS = pytest.mark.parametrize("stack", list(STACKS), indirect=True, scope="module")
@@ -157,9 +157,3 @@ def assert_waited_only_if(must_wait: bool, busy: dict[str, Any], instant: dict[s
         assert instant["started"] >= busy["finished"], (busy, instant)
     else:
         assert instant["finished"] < busy["finished"], (busy, instant)
-
-
-def line_of(file: str, text: str) -> int:
-    """The number of the one line of ``file`` (in this repository) that holds ``text``."""
-    [number] = [n for n, line in enumerate((REPO / file).read_text().splitlines(), 1) if text in line]
-    return number
