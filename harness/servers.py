@@ -77,9 +77,11 @@ def running_server(
     The block's end waits for the server to stop (uvicorn takes about 0.2 s), unless
     ``stopping`` is given: then the server's thread goes there, to be joined later.
     """
+    # log_config=None: uvicorn's log goes to whatever the process has (pytest's log capture), not to a
+    # handler bound to the sys.stderr of the moment, which a test's capsys closes while this server runs on.
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=1,
-        **STACKS[stack],
+        app, host="127.0.0.1", port=0, log_level="warning", log_config=None, lifespan=lifespan,
+        timeout_graceful_shutdown=1, **STACKS[stack],
     )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test-server", daemon=True)

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from harness.servers import REPO, line_of, open_client, uvicorn_process
 from loop_health import LoopHealth, OwnCode, code_only
-from tests.utils import BOTH_STACKS, ServeFn, health
+from tests.utils import BOTH_STACKS, ServeFn, cpu_rounds, health
 
 WARNING = re.compile(r"WARNING: +(\S+) (\S+) blocked the event loop for (\d+\.\d\d) s at (\S+):(\d+) in (\w+): (.+)")
 
@@ -25,7 +25,7 @@ WARNING = re.compile(r"WARNING: +(\S+) (\S+) blocked the event loop for (\d+\.\d
 # Each blocking route, and where its block must be named: (file, function, the line's text).
 BLOCKING = {
     "/ping/blocking?delay=0.3": ("asgi_app.py", "ping_blocking", "time.sleep(delay)  # blocks the event loop"),
-    "/cpu/blocking?n=2000000": ("asgi_app.py", "burn_cpu", "x = (x * 1103515245 + 12345) & 0x7FFFFFFF"),
+    f"/cpu/blocking?n={cpu_rounds(0.2)}": ("asgi_app.py", "burn_cpu", "x = (x * 1103515245 + 12345) & 0x7FFFFFFF"),
     "/db/blocking?rows=1000000": ("next_questions.py", "count_rows", "db.execute(COUNT_ROWS, (rows,))"),
     "/stream/blocking?chunks=2&delay=0.2": ("next_questions.py", "chunks_blocking", "time.sleep(stream.delay)  # noqa"),
 }
@@ -33,8 +33,8 @@ BLOCKING = {
 CONTROLS = [
     "/ping/async?delay=0.3",
     "/ping/thread?delay=0.3",
-    "/cpu/thread?n=2000000",
-    "/cpu/process?n=2000000",
+    f"/cpu/thread?n={cpu_rounds(0.2)}",
+    f"/cpu/process?n={cpu_rounds(0.2)}",
     "/db/thread?rows=1000000",
     "/db/to-thread?rows=1000000",
     "/stream/async?chunks=2&delay=0.2",

@@ -8,7 +8,7 @@ import anyio
 import httpx
 
 from harness.servers import open_client, uvicorn_process
-from tests.utils import health
+from tests.utils import cpu_rounds, health
 
 RIGHT = ("/ping/async?delay=0.1", "/ping/thread?delay=0.1", "/db/to-thread?rows=1000", "/stream/async?chunks=2&delay=0")
 
@@ -23,7 +23,7 @@ async def test_blockbuster_catches_the_blocking_calls_it_patches_and_not_a_pure_
                     streamed = (stream.status_code, b"".join([chunk async for chunk in stream.aiter_bytes()]))
             except httpx.RemoteProtocolError:
                 streamed = (stream.status_code, b"cut off")
-            missed = await client.get("/cpu/blocking?n=2000000")
+            missed = await client.get(f"/cpu/blocking?n={cpu_rounds(0.2)}")
             try:
                 right = [await client.get(path) for path in RIGHT]
             except httpx.HTTPError as exc:  # the server's log says which call BlockBuster stopped, and where

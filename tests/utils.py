@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import anyio
 import httpx
 import pytest
 
+from asgi_app import burn_cpu
 from harness.servers import STACKS
 
 # Runs a test module (or test) once per stack: `pytestmark = BOTH_STACKS`.
@@ -65,6 +67,19 @@ class Room:
 
 
 # ------------------------------------------------------------------ clients
+
+
+@functools.cache
+def cpu_rounds(seconds: float) -> int:
+    """The ``n`` for /cpu/* that takes about ``seconds`` of CPU on this interpreter.
+
+    A fixed ``n`` does not do: Debian's Python 3.11 runs the loop twice as fast
+    as pyenv's 3.13, so 3,000,000 rounds were 0.15 s on one and 0.30 s on the
+    other. CPU time, not the clock, so a busy machine does not shrink it.
+    """
+    sample = 200_000
+    fastest = min(burn_cpu(sample)["cpu_seconds"] for _ in range(3))  # a first run may pay for a cold cache
+    return round(sample * seconds / max(fastest, 1e-4))
 
 
 async def get_all(client: httpx.AsyncClient, urls: Sequence[str]) -> tuple[list[httpx.Response], float]:
