@@ -65,7 +65,9 @@ async def test_batch_shows_blocking_pings_serialize_and_async_pings_overlap(clie
     _, awaiting, async_done = await run(client, f"route=/ping/async&calls=4&delay={DELAY}")
     assert peak_in_flight(blocking) == 1
     assert peak_in_flight(awaiting) == 4
-    assert blocking_done["wall"] / async_done["wall"] > 2.5  # four delays back to back against one
+    # Four delays back to back against one: ideally 4. A loaded machine stretches the short async batch
+    # most (CI on Python 3.12.1 saw 1.24 s against 0.50 s), so the bound leaves it a whole delay.
+    assert blocking_done["wall"] / async_done["wall"] > 2
 
 
 async def test_side_by_side_nothing_starts_or_finishes_while_a_blocking_ping_runs(client: httpx.AsyncClient) -> None:
